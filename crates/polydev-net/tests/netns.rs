@@ -1,0 +1,49 @@
+//! Creates real namespaces and TAPs (needs root), and removes them.
+
+use polydev_net::{netns, setup_vm_network, tap, teardown_vm_network};
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}{}", std::process::id() % 100000)
+}
+
+#[test]
+fn vm_network_has_vnet_hdr_tap_and_is_removed() {
+    let ns = unique("pdt-a");
+    struct Guard(String);
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            let _ = teardown_vm_network(&self.0);
+        }
+    }
+    let _g = Guard(ns.clone());
+    setup_vm_network(&ns).expect("setup");
+    assert!(netns::exists(&ns));
+    let flags = tap::flags(&ns, "tap0").expect("tap flags");
+    assert!(tap::has_vnet_hdr(flags), "IFF_VNET_HDR missing: {flags:#x}");
+    // Setting up again over a stale namespace replaces it.
+    setup_vm_network(&ns).expect("setup over stale");
+    teardown_vm_network(&ns).expect("teardown");
+    assert!(!netns::exists(&ns));
+    assert!(!tap::exists(&ns, "tap0"));
+    teardown_vm_network(&ns).expect("teardown is idempotent");
+}
+
+#[test]
+fn sockets_made_inside_a_namespace_stay_there() {
+    let ns = unique("pdt-b");
+    netns::create(&ns).unwrap();
+    struct Guard(String);
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            let _ = netns::delete(&self.0);
+        }
+    }
+    let _g = Guard(ns.clone());
+    // Loopback is down in a fresh namespace: connecting must fail there even
+    // though the host's loopback has a listener on that port.
+    let host = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = host.local_addr().unwrap();
+    let r = netns::connect_tcp(&ns, addr, std::time::Duration::from_millis(300));
+    assert!(r.is_err(), "connect from inside the namespace reached the host");
+    assert!(netns::create("Bad Name").is_err());
+}
