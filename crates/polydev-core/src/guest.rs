@@ -88,7 +88,11 @@ impl ReadyLine {
                 _ => {}
             }
         }
-        Some(ReadyLine { vm_id: vm_id?, port: port?, uptime_ms: uptime_ms? })
+        Some(ReadyLine {
+            vm_id: vm_id?,
+            port: port?,
+            uptime_ms: uptime_ms?,
+        })
     }
 }
 
@@ -98,7 +102,11 @@ mod tests {
 
     #[test]
     fn ready_line_round_trips() {
-        let l = ReadyLine { vm_id: "vm-1".into(), port: 7070, uptime_ms: 4321 };
+        let l = ReadyLine {
+            vm_id: "vm-1".into(),
+            port: 7070,
+            uptime_ms: 4321,
+        };
         let console = format!("[    1.0] boot\r\n{}\r\nmore\n", l.render());
         assert_eq!(ReadyLine::find(&console), Some(l));
     }
@@ -111,6 +119,9 @@ mod tests {
 
     #[test]
     fn ip_arg_has_no_dhcp() {
-        assert_eq!(kernel_ip_arg(), "ip=169.254.0.22::169.254.0.21:255.255.255.252::eth0:off");
+        assert_eq!(
+            kernel_ip_arg(),
+            "ip=169.254.0.22::169.254.0.21:255.255.255.252::eth0:off"
+        );
     }
 }

@@ -54,7 +54,15 @@ pub fn setup_vm_network(ns: &str) -> Result<()> {
     let r = (|| {
         cmd::ip(&["-n", ns, "link", "set", "lo", "up"])?;
         tap::create_persistent(ns, TAP_NAME)?;
-        cmd::ip(&["-n", ns, "addr", "add", &format!("{HOST_ADDR}/{LINK_PREFIX}"), "dev", TAP_NAME])?;
+        cmd::ip(&[
+            "-n",
+            ns,
+            "addr",
+            "add",
+            &format!("{HOST_ADDR}/{LINK_PREFIX}"),
+            "dev",
+            TAP_NAME,
+        ])?;
         cmd::ip(&["-n", ns, "link", "set", TAP_NAME, "up"])?;
         Ok(())
     })();

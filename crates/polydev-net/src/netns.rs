@@ -14,7 +14,9 @@ pub const NETNS_DIR: &str = "/run/netns";
 fn check_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 15
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
     if ok {
         Ok(())
     } else {
@@ -49,7 +51,9 @@ pub fn delete(name: &str) -> Result<()> {
 
 /// Names of the namespaces whose name starts with `prefix`.
 pub fn list(prefix: &str) -> Vec<String> {
-    let Ok(rd) = std::fs::read_dir(NETNS_DIR) else { return Vec::new() };
+    let Ok(rd) = std::fs::read_dir(NETNS_DIR) else {
+        return Vec::new();
+    };
     let mut v: Vec<String> = rd
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
         .filter(|n| n.starts_with(prefix))
@@ -85,7 +89,10 @@ pub fn run_in<T: Send + 'static>(
             })?;
             f()
         })
-        .map_err(|e| NetError::Sys { what: "spawning a namespace thread".into(), source: e })?
+        .map_err(|e| NetError::Sys {
+            what: "spawning a namespace thread".into(),
+            source: e,
+        })?
         .join()
         .unwrap_or_else(|_| {
             Err(NetError::Sys {

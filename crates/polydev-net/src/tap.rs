@@ -23,14 +23,21 @@ impl IfReq {
         if name.is_empty() || name.len() >= libc::IFNAMSIZ {
             return Err(NetError::BadName(name.to_string()));
         }
-        let mut r = IfReq { name: [0; libc::IFNAMSIZ], flags, _pad: [0; 22] };
+        let mut r = IfReq {
+            name: [0; libc::IFNAMSIZ],
+            flags,
+            _pad: [0; 22],
+        };
         r.name[..name.len()].copy_from_slice(name.as_bytes());
         Ok(r)
     }
 }
 
 fn sys(what: String) -> NetError {
-    NetError::Sys { what, source: std::io::Error::last_os_error() }
+    NetError::Sys {
+        what,
+        source: std::io::Error::last_os_error(),
+    }
 }
 
 /// The flags every polydev TAP is created with.
@@ -45,12 +52,17 @@ pub fn create_persistent(ns: &str, name: &str) -> Result<()> {
             .read(true)
             .write(true)
             .open("/dev/net/tun")
-            .map_err(|e| NetError::Sys { what: "opening /dev/net/tun".into(), source: e })?;
+            .map_err(|e| NetError::Sys {
+                what: "opening /dev/net/tun".into(),
+                source: e,
+            })?;
         let mut req = IfReq::new(&name, TAP_FLAGS)?;
         // SAFETY: `req` is a properly sized, initialised `struct ifreq` and the
         // fd is a valid, open tun device for the duration of the call.
         if unsafe { libc::ioctl(tun.as_raw_fd(), TUNSETIFF, &mut req) } < 0 {
-            return Err(sys(format!("TUNSETIFF {name} (IFF_TAP|IFF_NO_PI|IFF_VNET_HDR)")));
+            return Err(sys(format!(
+                "TUNSETIFF {name} (IFF_TAP|IFF_NO_PI|IFF_VNET_HDR)"
+            )));
         }
         // SAFETY: plain integer argument on a valid tun fd.
         if unsafe { libc::ioctl(tun.as_raw_fd(), TUNSETPERSIST, 1 as libc::c_ulong) } < 0 {
@@ -69,7 +81,10 @@ pub fn flags(ns: &str, name: &str) -> Result<libc::c_short> {
             .read(true)
             .write(true)
             .open("/dev/net/tun")
-            .map_err(|e| NetError::Sys { what: "opening /dev/net/tun".into(), source: e })?;
+            .map_err(|e| NetError::Sys {
+                what: "opening /dev/net/tun".into(),
+                source: e,
+            })?;
         let mut req = IfReq::new(&name, TAP_FLAGS)?;
         // SAFETY: as in `create_persistent`.
         if unsafe { libc::ioctl(tun.as_raw_fd(), TUNSETIFF, &mut req) } < 0 {
@@ -87,8 +102,10 @@ pub fn flags(ns: &str, name: &str) -> Result<libc::c_short> {
 /// True if `name` exists in namespace `ns`.
 pub fn exists(ns: &str, name: &str) -> bool {
     let name = name.to_string();
-    netns::run_in(ns, move || Ok(std::path::Path::new("/sys/class/net").join(&name).exists()))
-        .unwrap_or(false)
+    netns::run_in(ns, move || {
+        Ok(std::path::Path::new("/sys/class/net").join(&name).exists())
+    })
+    .unwrap_or(false)
 }
 
 /// True if the flags include `IFF_VNET_HDR`.

@@ -44,6 +44,9 @@ fn sockets_made_inside_a_namespace_stay_there() {
     let host = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = host.local_addr().unwrap();
     let r = netns::connect_tcp(&ns, addr, std::time::Duration::from_millis(300));
-    assert!(r.is_err(), "connect from inside the namespace reached the host");
+    assert!(
+        r.is_err(),
+        "connect from inside the namespace reached the host"
+    );
     assert!(netns::create("Bad Name").is_err());
 }
