@@ -1,1 +1,90 @@
-//! polydev-controller
+//! The polydev controller: the HTTP API over the VM runtime and the store.
+//!
+//! [`serve`] wires it together: it opens the store, chooses the VMM, runs
+//! start-up reconciliation ([`runtime::Runtime::reconcile`]) and serves the
+//! API until it is told to stop.
+#![warn(missing_docs)]
+
+pub mod agent_client;
+pub mod api;
+pub mod artifacts;
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod runtime;
+
+use axum::Router;
+use config::Config;
+use polydev_store::Store;
+use polydev_vmm::accel;
+use std::sync::Arc;
+
+/// Shared state of the HTTP handlers.
+#[derive(Clone)]
+pub struct AppState {
+    /// The VM runtime (and through it the store).
+    pub runtime: Arc<runtime::Runtime>,
+}
+
+/// Opens the store named by the configuration (creating the data directory).
+pub async fn open_store(cfg: &Config) -> anyhow::Result<Store> {
+    std::fs::create_dir_all(&cfg.data_dir)
+        .map_err(|e| anyhow::anyhow!("creating data directory {}: {e}", cfg.data_dir.display()))?;
+    Ok(Store::connect(&cfg.effective_database_url()).await?)
+}
+
+/// Builds the runtime: store, VMM choice (with its reason), driver.
+pub async fn build_runtime(cfg: Config) -> anyhow::Result<Arc<runtime::Runtime>> {
+    let store = open_store(&cfg).await?;
+    let qemu = polydev_vmm::qemu::default_binary();
+    let kernel = artifacts::locate(&cfg).ok().map(|a| a.kernel);
+    let cache = accel::cache_path(&cfg.data_dir);
+    let choice = {
+        let force = cfg.accel;
+        let q = qemu.clone();
+        tokio::task::spawn_blocking(move || accel::choose(&q, kernel.as_deref(), Some(&cache), force)).await?
+    };
+    tracing::info!(vmm = "qemu", accel = choice.accel.as_str(), reason = %choice.reason, "VMM chosen");
+    let driver = polydev_vmm::qemu::Qemu { binary: qemu.into(), accel: choice.accel };
+    std::fs::create_dir_all(cfg.vms_dir())?;
+    Ok(runtime::Runtime::new(store, Arc::new(cfg), Arc::new(driver), choice))
+}
+
+/// The whole HTTP application.
+pub fn app(state: AppState) -> Router {
+    let max = state.runtime.config().max_body_bytes;
+    Router::new()
+        .route("/health", axum::routing::get(api::health))
+        .merge(api::routes(state.clone()))
+        .fallback(api::not_found)
+        .layer(axum::extract::DefaultBodyLimit::max(max))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// Runs the controller until SIGINT or SIGTERM.
+pub async fn serve(cfg: Config) -> anyhow::Result<()> {
+    let listen = cfg.listen;
+    let rt = build_runtime(cfg).await?;
+    let report = rt.reconcile().await?;
+    tracing::info!(?report, "start-up reconciliation done");
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("listening on {listen}: {e}"))?;
+    tracing::info!(%listen, store = %rt.store().kind(), "polydev controller listening");
+    eprintln!("polydev: listening on http://{listen}");
+    axum::serve(listener, app(AppState { runtime: rt }))
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("installing SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term.recv() => {},
+    }
+    tracing::info!("shutting down; VMs keep running and are re-adopted at the next start");
+}

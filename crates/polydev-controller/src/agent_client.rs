@@ -1,0 +1,121 @@
+//! The controller's client for a guest agent. Every request is made on a TCP
+//! socket opened inside the VM's network namespace and carries the VM's
+//! bearer token.
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Where and how to reach one VM's agent.
+#[derive(Debug, Clone)]
+pub struct AgentTarget {
+    /// The VM's network namespace.
+    pub netns: String,
+    /// The agent's port.
+    pub port: u16,
+    /// The VM's bearer token.
+    pub token: String,
+}
+
+/// A failed agent request.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// No connection could be made.
+    #[error("cannot connect to the agent at {addr} in namespace {netns}: {detail}")]
+    Connect {
+        /// Namespace.
+        netns: String,
+        /// Address.
+        addr: SocketAddr,
+        /// Why.
+        detail: String,
+    },
+    /// The HTTP exchange failed.
+    #[error("agent request {path} failed: {0}", path = .1)]
+    Http(String, String),
+    /// The agent answered with an error status.
+    #[error("agent answered {status} to {path}: {body}")]
+    Status {
+        /// HTTP status.
+        status: u16,
+        /// Path requested.
+        path: String,
+        /// Response body (truncated).
+        body: String,
+    },
+    /// No answer in time.
+    #[error("agent request {0} timed out after {1:?}")]
+    Timeout(String, Duration),
+}
+
+impl AgentTarget {
+    /// `GET path`, returning the JSON body.
+    pub async fn get_json(&self, path: &str, timeout: Duration) -> Result<serde_json::Value, AgentError> {
+        let fut = self.request("GET", path, None);
+        match tokio::time::timeout(timeout, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(AgentError::Timeout(path.to_string(), timeout)),
+        }
+    }
+
+    async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<serde_json::Value, AgentError> {
+        let addr: SocketAddr = (
+            polydev_core::guest::GUEST_ADDR.parse::<std::net::Ipv4Addr>().expect("constant address"),
+            self.port,
+        )
+            .into();
+        let netns = self.netns.clone();
+        let std_stream = tokio::task::spawn_blocking(move || {
+            polydev_net::netns::connect_tcp(&netns, addr, Duration::from_secs(3))
+        })
+        .await
+        .map_err(|e| AgentError::Http(path.into(), e.to_string()))?
+        .map_err(|e| AgentError::Connect { netns: self.netns.clone(), addr, detail: e.to_string() })?;
+        std_stream
+            .set_nonblocking(true)
+            .map_err(|e| AgentError::Http(path.into(), e.to_string()))?;
+        let stream = tokio::net::TcpStream::from_std(std_stream)
+            .map_err(|e| AgentError::Http(path.into(), e.to_string()))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| AgentError::Http(path.into(), e.to_string()))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let payload = body.map(|b| b.to_string()).unwrap_or_default();
+        let req = hyper::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", format!("{}:{}", polydev_core::guest::GUEST_ADDR, self.port))
+            .header("authorization", format!("Bearer {}", self.token))
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(payload)))
+            .map_err(|e| AgentError::Http(path.into(), e.to_string()))?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| AgentError::Http(path.into(), e.to_string()))?;
+        let status = resp.status().as_u16();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| AgentError::Http(path.into(), e.to_string()))?
+            .to_bytes();
+        if !(200..300).contains(&status) {
+            return Err(AgentError::Status {
+                status,
+                path: path.into(),
+                body: String::from_utf8_lossy(&bytes).chars().take(500).collect(),
+            });
+        }
+        serde_json::from_slice(&bytes).map_err(|e| AgentError::Http(path.into(), format!("bad JSON: {e}")))
+    }
+}

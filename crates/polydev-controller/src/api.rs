@@ -1,0 +1,160 @@
+//! The HTTP API's routes and handlers.
+
+use crate::error::ApiError;
+use crate::runtime::RuntimeError;
+use crate::AppState;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use polydev_core::vm::VmType;
+use polydev_store::VmRecord;
+use serde::Deserialize;
+
+/// The authenticated routes (everything under `/api`).
+pub fn routes(state: AppState) -> Router<AppState> {
+    Router::new()
+        .route("/api/vms", get(list_vms).post(create_vm))
+        .route("/api/vms/{id}", get(get_vm).delete(delete_vm))
+        .route("/api/vms/{id}/console", get(console))
+        .route_layer(axum::middleware::from_fn_with_state(state, crate::auth::require_api_key))
+}
+
+/// `GET /health`: version, VMM and why, store kind, artefacts.
+pub async fn health(State(s): State<AppState>) -> Json<serde_json::Value> {
+    let rt = &s.runtime;
+    let artifacts = rt.artifacts();
+    Json(serde_json::json!({
+        "status": "ok",
+        "version": env!("CARGO_PKG_VERSION"),
+        "vmm": {
+            "kind": rt.vmm().kind().as_str(),
+            "accel": rt.accel().accel.as_str(),
+            "reason": rt.accel().reason,
+            "description": rt.vmm().describe(),
+        },
+        "store": rt.store().kind().to_string(),
+        "artifacts": match artifacts {
+            Ok(a) => serde_json::json!({"ready": true, "kernel": a.kernel, "rootfs": a.rootfs}),
+            Err(e) => serde_json::json!({"ready": false, "problem": e.to_string()}),
+        },
+    }))
+}
+
+fn vm_json(r: &VmRecord) -> serde_json::Value {
+    let mut v = serde_json::to_value(r).unwrap_or_default();
+    if let Some(o) = v.as_object_mut() {
+        o.insert("consoleUrl".into(), format!("/api/vms/{}/console", r.vm_id).into());
+        o.insert("type".into(), r.vm_type.as_str().into());
+        o.remove("dir");
+    }
+    v
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateVm {
+    #[serde(rename = "type")]
+    vm_type: String,
+    #[serde(rename = "userId")]
+    user_id: String,
+}
+
+/// Checks a user id: 1–128 characters of `[A-Za-z0-9._@-]`.
+pub fn validate_user_id(u: &str) -> Result<(), ApiError> {
+    let ok = !u.is_empty()
+        && u.len() <= 128
+        && u.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'@' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_user_id",
+            "userId must be 1-128 characters of letters, digits, '.', '_', '@' or '-'",
+        ))
+    }
+}
+
+fn runtime_error(e: RuntimeError) -> ApiError {
+    match e {
+        RuntimeError::ArtifactsMissing(m) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "artifacts_missing", m),
+        RuntimeError::NotFound(id) => ApiError::not_found(format!("no VM with id {id}")),
+        RuntimeError::Store(e) => ApiError::internal(e),
+    }
+}
+
+async fn create_vm(
+    State(s): State<AppState>,
+    body: Result<Json<CreateVm>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(body) = body?;
+    let vm_type: VmType = body.vm_type.parse().map_err(|e: polydev_core::vm::ParseEnumError| {
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_vm_type", e.to_string())
+    })?;
+    validate_user_id(&body.user_id)?;
+    let rec = s.runtime.create(&body.user_id, vm_type).await.map_err(runtime_error)?;
+    let location = format!("/api/vms/{}", rec.vm_id);
+    Ok((
+        StatusCode::ACCEPTED,
+        [(axum::http::header::LOCATION, location)],
+        Json(serde_json::json!({"vmId": rec.vm_id, "status": rec.status, "vm": vm_json(&rec)})),
+    )
+        .into_response())
+}
+
+async fn find(s: &AppState, id: &str) -> Result<VmRecord, ApiError> {
+    s.runtime.store().get_vm(id).await?.ok_or_else(|| ApiError::not_found(format!("no VM with id {id}")))
+}
+
+async fn get_vm(State(s): State<AppState>, Path(id): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+    Ok(Json(vm_json(&find(&s, &id).await?)))
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    #[serde(rename = "userId")]
+    user_id: Option<String>,
+    #[serde(default)]
+    all: bool,
+}
+
+async fn list_vms(
+    State(s): State<AppState>,
+    q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    if let Some(u) = &q.user_id {
+        validate_user_id(u)?;
+    }
+    let vms = s.runtime.store().list_vms(q.user_id.as_deref(), q.all).await?;
+    Ok(Json(serde_json::json!({"vms": vms.iter().map(vm_json).collect::<Vec<_>>()})))
+}
+
+async fn console(State(s): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let rec = find(&s, &id).await?;
+    let path = std::path::Path::new(&rec.dir).join(polydev_vmm::CONSOLE_FILE);
+    match tokio::fs::read(&path).await {
+        Ok(bytes) => Ok((
+            [(axum::http::header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            String::from_utf8_lossy(&bytes).into_owned(),
+        )
+            .into_response()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(ApiError::not_found(format!(
+            "VM {id} has no console log ({})",
+            if rec.status == polydev_core::vm::VmStatus::Destroyed { "it was destroyed" } else { "not started yet" }
+        ))),
+        Err(e) => Err(ApiError::internal(format!("reading {}: {e}", path.display()))),
+    }
+}
+
+async fn delete_vm(State(s): State<AppState>, Path(id): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+    let rec = s.runtime.destroy(&id).await.map_err(runtime_error)?;
+    Ok(Json(serde_json::json!({"vmId": rec.vm_id, "status": rec.status})))
+}
+
+/// Fallback for unknown routes.
+pub async fn not_found(uri: axum::http::Uri) -> ApiError {
+    ApiError::not_found(format!("no route for {}", uri.path()))
+}

@@ -1,0 +1,501 @@
+//! The VM runtime: creates, watches, destroys and re-adopts VMs.
+//!
+//! Every resource a VM holds (slot, namespace, TAP, directory, process) is
+//! recorded in the store before it is made, so that a controller that dies at
+//! any point can find and reclaim it at its next start ([`Runtime::reconcile`]).
+//! Destruction is journaled in the cleanup queue and is idempotent.
+
+use crate::agent_client::AgentTarget;
+use crate::config::Config;
+use polydev_core::guest::{AgentConfig, AGENT_CONFIG_REL, AGENT_PORT};
+use polydev_core::vm::{now_ms, VmStatus, VmType};
+use polydev_store::{NewVm, Store, VmRecord};
+use polydev_vmm::accel::AccelChoice;
+use polydev_vmm::process::{self, VmmProcess};
+use polydev_vmm::{console, Vmm, VmSpec};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The guest artefacts a VM boots from.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Artifacts {
+    /// Guest kernel.
+    pub kernel: PathBuf,
+    /// Golden root filesystem.
+    pub rootfs: PathBuf,
+}
+
+/// Errors from the runtime that an API caller can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The kernel or image is not built.
+    #[error("{0}")]
+    ArtifactsMissing(String),
+    /// No such VM.
+    #[error("no VM with id {0}")]
+    NotFound(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] polydev_store::StoreError),
+}
+
+/// Name of the file in a VM's directory holding its agent configuration
+/// (the token), readable only by the controller.
+pub const AGENT_FILE: &str = "agent.json";
+/// Name of the per-VM state disk in a VM's directory.
+pub const STATE_DISK: &str = "state.ext4";
+
+/// The VM runtime.
+pub struct Runtime {
+    store: Store,
+    cfg: Arc<Config>,
+    vmm: Arc<dyn Vmm>,
+    accel: AccelChoice,
+    procs: Mutex<HashMap<String, VmmProcess>>,
+    op_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl Runtime {
+    /// A runtime over `store` driving `vmm`.
+    pub fn new(store: Store, cfg: Arc<Config>, vmm: Arc<dyn Vmm>, accel: AccelChoice) -> Arc<Runtime> {
+        Arc::new(Runtime {
+            store,
+            cfg,
+            vmm,
+            accel,
+            procs: Mutex::new(HashMap::new()),
+            op_locks: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+    /// The VMM driver.
+    pub fn vmm(&self) -> &dyn Vmm {
+        self.vmm.as_ref()
+    }
+    /// The acceleration choice and its reason.
+    pub fn accel(&self) -> &AccelChoice {
+        &self.accel
+    }
+
+    /// Finds the kernel and golden image, or says how to build them.
+    pub fn artifacts(&self) -> Result<Artifacts, RuntimeError> {
+        crate::artifacts::locate(&self.cfg).map_err(RuntimeError::ArtifactsMissing)
+    }
+
+    fn op_lock(&self, vm_id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.op_locks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(vm_id.to_string())
+            .or_default()
+            .clone()
+    }
+
+    fn agent_target(&self, rec: &VmRecord) -> Option<AgentTarget> {
+        let raw = std::fs::read(Path::new(&rec.dir).join(AGENT_FILE)).ok()?;
+        let cfg: AgentConfig = serde_json::from_slice(&raw).ok()?;
+        Some(AgentTarget { netns: rec.netns.clone(), port: cfg.port, token: cfg.token })
+    }
+
+    /// Records a new VM and starts booting it in the background. Returns the
+    /// record (status `creating`) at once.
+    pub async fn create(self: &Arc<Self>, user_id: &str, vm_type: VmType) -> Result<VmRecord, RuntimeError> {
+        let artifacts = self.artifacts()?;
+        self.store.ensure_user(user_id).await?;
+        let vm_id = new_vm_id();
+        let size = self.cfg.size(vm_type);
+        let dir = self.cfg.vms_dir().join(&vm_id);
+        let prefix = self.cfg.netns_prefix();
+        let rec = self
+            .store
+            .insert_vm_allocating_slot(
+                &NewVm {
+                    vm_id: vm_id.clone(),
+                    user_id: user_id.to_string(),
+                    vm_type,
+                    vcpu_count: size.vcpus as i64,
+                    memory_mb: size.memory_mb as i64,
+                    vmm: self.vmm.kind().as_str().to_string(),
+                    dir: dir.display().to_string(),
+                },
+                |slot| (format!("{prefix}{slot}"), polydev_core::guest::TAP_NAME.to_string()),
+            )
+            .await?;
+        tracing::info!(vm_id = %rec.vm_id, user_id, vm_type = %vm_type, slot = rec.slot, netns = %rec.netns, "creating VM");
+        let rt = self.clone();
+        let r = rec.clone();
+        tokio::spawn(async move { rt.boot(r, artifacts).await });
+        Ok(rec)
+    }
+
+    async fn boot(self: Arc<Self>, rec: VmRecord, artifacts: Artifacts) {
+        let started = Instant::now();
+        let lock = self.op_lock(&rec.vm_id);
+        let guard = lock.lock().await;
+        // A destroy may have run before we got the lock.
+        match self.store.get_vm(&rec.vm_id).await {
+            Ok(Some(r)) if r.status == VmStatus::Creating => {}
+            _ => return,
+        }
+        let prepared = {
+            let rt = self.clone();
+            let rec = rec.clone();
+            tokio::task::spawn_blocking(move || rt.prepare_and_start(&rec, &artifacts))
+                .await
+                .unwrap_or_else(|e| Err(format!("VM start task failed: {e}")))
+        };
+        let proc_ = match prepared {
+            Ok(p) => p,
+            Err(reason) => {
+                drop(guard);
+                self.fail(&rec, &reason).await;
+                return;
+            }
+        };
+        if let Err(e) = self
+            .store
+            .set_vm_pid(&rec.vm_id, proc_.pid as i64, proc_.socket_path.as_ref().map(|p| p.to_string_lossy()).as_deref())
+            .await
+        {
+            tracing::error!(vm_id = %rec.vm_id, error = %e, "recording VMM pid");
+        }
+        self.procs.lock().unwrap_or_else(|e| e.into_inner()).insert(rec.vm_id.clone(), proc_);
+        drop(guard);
+        let deadline = started + self.cfg.boot_timeout;
+        self.await_ready(rec, deadline).await;
+    }
+
+    /// Makes the VM's directory, state disk and network, then starts the VMM.
+    fn prepare_and_start(&self, rec: &VmRecord, artifacts: &Artifacts) -> Result<VmmProcess, String> {
+        let dir = PathBuf::from(&rec.dir);
+        std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        let agent = AgentConfig { vm_id: rec.vm_id.clone(), token: new_token(), port: AGENT_PORT };
+        let agent_json = serde_json::to_vec_pretty(&agent).expect("serialisable");
+        write_private(&dir.join(AGENT_FILE), &agent_json)
+            .map_err(|e| format!("writing the agent configuration: {e}"))?;
+        let state = dir.join(STATE_DISK);
+        polydev_image::state_disk::make_state_disk(&state, self.cfg.state_disk_mb, &[(AGENT_CONFIG_REL, &agent_json, 0o600)])
+            .map_err(|e| format!("making the state disk: {e}"))?;
+        polydev_net::setup_vm_network(&rec.netns).map_err(|e| format!("setting up the VM network: {e}"))?;
+        let spec = VmSpec {
+            vm_id: rec.vm_id.clone(),
+            dir: dir.clone(),
+            kernel: artifacts.kernel.clone(),
+            rootfs: artifacts.rootfs.clone(),
+            state_disk: state,
+            vcpus: rec.vcpu_count as u32,
+            memory_mb: rec.memory_mb as u32,
+            netns: rec.netns.clone(),
+            extra_kernel_args: self.cfg.extra_kernel_args.clone(),
+        };
+        self.vmm.start(&spec).map_err(|e| format!("starting the VMM: {e}"))
+    }
+
+    /// Waits for the agent's readiness announcement and a first
+    /// authenticated health answer; marks the VM running or failed.
+    async fn await_ready(self: &Arc<Self>, rec: VmRecord, deadline: Instant) {
+        let console_path = Path::new(&rec.dir).join(polydev_vmm::CONSOLE_FILE);
+        let marker = rec.dir.clone();
+        let timeout_secs = self.cfg.boot_timeout.as_secs();
+        loop {
+            let text = std::fs::read(&console_path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+            let progress = console::scan(&text);
+            if let Some(ready) = &progress.ready {
+                match self.health_until(&rec, deadline).await {
+                    Ok(()) => {
+                        let kernel_ms = progress.init_ms.map(|m| m as i64);
+                        let agent_ms = progress.init_ms.map(|i| ready.uptime_ms.saturating_sub(i) as i64);
+                        match self.store.mark_vm_running(&rec.vm_id, now_ms(), kernel_ms, agent_ms).await {
+                            Ok(true) => tracing::info!(vm_id = %rec.vm_id, create_to_ready_ms = now_ms() - rec.created_at, "VM running"),
+                            Ok(false) => tracing::info!(vm_id = %rec.vm_id, "VM became ready after it was destroyed or failed"),
+                            Err(e) => tracing::error!(vm_id = %rec.vm_id, error = %e, "marking VM running"),
+                        }
+                    }
+                    Err(e) => self.fail(&rec, &format!("agent announced readiness but did not answer: {e}")).await,
+                }
+                return;
+            }
+            let pid = self.store.get_vm(&rec.vm_id).await.ok().flatten();
+            let Some(now) = pid else { return };
+            if now.status != VmStatus::Creating {
+                return;
+            }
+            let exited = match now.vmm_pid {
+                Some(pid) if !process::is_alive(pid as u32, &marker) => Some(self.exit_text(&rec.vm_id, pid as u32)),
+                _ => None,
+            };
+            if progress.panic.is_some() || exited.is_some() {
+                // Let the last console bytes land.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let text = std::fs::read(&console_path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+                let reason = console::failure_reason(&console::scan(&text), exited.as_deref(), None);
+                self.fail(&rec, &reason).await;
+                return;
+            }
+            if Instant::now() >= deadline {
+                let reason = console::failure_reason(&progress, None, Some(timeout_secs));
+                self.fail(&rec, &reason).await;
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn exit_text(&self, vm_id: &str, pid: u32) -> String {
+        let status = self.procs.lock().unwrap_or_else(|e| e.into_inner()).get(vm_id).and_then(|p| p.exit_status());
+        match status {
+            Some(s) => format!("pid {pid}, {s}"),
+            None => format!("pid {pid} is gone"),
+        }
+    }
+
+    async fn health_until(&self, rec: &VmRecord, deadline: Instant) -> Result<(), String> {
+        let target = self.agent_target(rec).ok_or("the VM's agent configuration is missing")?;
+        let mut last = String::new();
+        let until = deadline.max(Instant::now() + Duration::from_secs(10));
+        while Instant::now() < until {
+            match target.get_json("/health", Duration::from_secs(5)).await {
+                Ok(v) if v.get("vmId").and_then(|x| x.as_str()) == Some(rec.vm_id.as_str()) => return Ok(()),
+                Ok(v) => last = format!("unexpected health answer {v}"),
+                Err(e) => last = e.to_string(),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Err(last)
+    }
+
+    /// Asks a running VM's agent for its health.
+    pub async fn agent_health(&self, rec: &VmRecord) -> Result<serde_json::Value, String> {
+        let target = self.agent_target(rec).ok_or("the VM's agent configuration is missing")?;
+        target.get_json("/health", Duration::from_secs(5)).await.map_err(|e| e.to_string())
+    }
+
+    /// Marks a VM failed with `reason` and reclaims everything but its logs.
+    async fn fail(&self, rec: &VmRecord, reason: &str) {
+        match self.store.mark_vm_failed(&rec.vm_id, reason).await {
+            Ok(true) => tracing::warn!(vm_id = %rec.vm_id, reason, "VM failed"),
+            Ok(false) => return,
+            Err(e) => tracing::error!(vm_id = %rec.vm_id, error = %e, "marking VM failed"),
+        }
+        let lock = self.op_lock(&rec.vm_id);
+        let _g = lock.lock().await;
+        if let Err(e) = self.reclaim(rec, true).await {
+            tracing::error!(vm_id = %rec.vm_id, error = %e, "reclaiming a failed VM");
+        }
+    }
+
+    /// Stops the VMM and removes the namespace, TAP and files (all but the
+    /// console and VMM logs when `keep_logs`), then frees the slot.
+    async fn reclaim(&self, rec: &VmRecord, keep_logs: bool) -> Result<(), String> {
+        let pid = self.store.get_vm(&rec.vm_id).await.ok().flatten().and_then(|r| r.vmm_pid).or(rec.vmm_pid);
+        let dir = PathBuf::from(&rec.dir);
+        let netns = rec.netns.clone();
+        let marker = rec.dir.clone();
+        tokio::task::spawn_blocking(move || -> Result<(), String> {
+            if let Some(pid) = pid {
+                process::stop(pid as u32, &marker, Duration::from_secs(3)).map_err(|e| e.to_string())?;
+            }
+            polydev_net::teardown_vm_network(&netns).map_err(|e| e.to_string())?;
+            remove_vm_files(&dir, keep_logs).map_err(|e| format!("removing {}: {e}", dir.display()))
+        })
+        .await
+        .map_err(|e| e.to_string())??;
+        self.procs.lock().unwrap_or_else(|e| e.into_inner()).remove(&rec.vm_id);
+        self.store.release_slot(&rec.vm_id).await.map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    /// Destroys a VM: journals the request, stops the VMM, removes the
+    /// namespace, TAP and every file, marks it destroyed and frees its slot.
+    pub async fn destroy(&self, vm_id: &str) -> Result<VmRecord, RuntimeError> {
+        let rec = self.store.get_vm(vm_id).await?.ok_or_else(|| RuntimeError::NotFound(vm_id.into()))?;
+        if rec.status == VmStatus::Destroyed {
+            return Ok(rec);
+        }
+        let task = self.store.enqueue_cleanup(vm_id, None, now_ms()).await?;
+        self.run_destroy(&rec).await;
+        let _ = self.store.complete_cleanup(&task.task_id).await;
+        Ok(self.store.get_vm(vm_id).await?.unwrap_or(rec))
+    }
+
+    async fn run_destroy(&self, rec: &VmRecord) {
+        let lock = self.op_lock(&rec.vm_id);
+        let _g = lock.lock().await;
+        if let Err(e) = self.reclaim(rec, false).await {
+            tracing::error!(vm_id = %rec.vm_id, error = %e, "destroying VM");
+            return;
+        }
+        let _ = self.store.mark_vm_destroyed(&rec.vm_id).await;
+        tracing::info!(vm_id = %rec.vm_id, "VM destroyed");
+    }
+
+    /// Start-up reconciliation: re-adopts VMs whose VMM is alive and whose
+    /// agent answers, resumes waiting for VMs still booting, fails and
+    /// reclaims the rest, finishes journaled destroys, and removes namespaces,
+    /// processes and directories that no record owns.
+    pub async fn reconcile(self: &Arc<Self>) -> Result<ReconcileReport, RuntimeError> {
+        let mut report = ReconcileReport::default();
+        // Journaled destroys first.
+        for task in self.store.claim_due_cleanups(i64::MAX, 1000).await? {
+            if let Some(rec) = self.store.get_vm(&task.vm_id).await? {
+                self.run_destroy(&rec).await;
+                report.destroyed.push(rec.vm_id);
+            }
+            let _ = self.store.complete_cleanup(&task.task_id).await;
+        }
+        for rec in self.store.list_live_vms().await? {
+            let alive = rec.vmm_pid.map(|p| process::is_alive(p as u32, &rec.dir)).unwrap_or(false);
+            match rec.status {
+                VmStatus::Running if alive => match self.agent_health(&rec).await {
+                    Ok(_) => {
+                        tracing::info!(vm_id = %rec.vm_id, pid = ?rec.vmm_pid, "re-adopted running VM");
+                        report.adopted.push(rec.vm_id);
+                    }
+                    Err(e) => {
+                        self.fail(&rec, &format!("agent did not answer after a controller restart: {e}")).await;
+                        report.failed.push(rec.vm_id);
+                    }
+                },
+                VmStatus::Creating if alive => {
+                    tracing::info!(vm_id = %rec.vm_id, "resuming the wait for a booting VM");
+                    let started = Instant::now()
+                        - Duration::from_millis((now_ms() - rec.created_at).max(0) as u64);
+                    let deadline = started + self.cfg.boot_timeout;
+                    let rt = self.clone();
+                    let r = rec.clone();
+                    tokio::spawn(async move { rt.await_ready(r, deadline).await });
+                    report.adopted.push(rec.vm_id);
+                }
+                VmStatus::Creating | VmStatus::Running => {
+                    let reason = match rec.vmm_pid {
+                        Some(pid) => format!("VMM process (pid {pid}) was gone when the controller started"),
+                        None => "the controller stopped before the VMM was started".to_string(),
+                    };
+                    self.fail(&rec, &reason).await;
+                    report.failed.push(rec.vm_id);
+                }
+                VmStatus::Failed => {
+                    let lock = self.op_lock(&rec.vm_id);
+                    let _g = lock.lock().await;
+                    if let Err(e) = self.reclaim(&rec, true).await {
+                        tracing::error!(vm_id = %rec.vm_id, error = %e, "reclaiming failed VM");
+                    }
+                    report.reclaimed.push(rec.vm_id);
+                }
+                VmStatus::Hibernated | VmStatus::Destroyed => {}
+            }
+        }
+        report.orphans = self.sweep_orphans().await?;
+        Ok(report)
+    }
+
+    async fn sweep_orphans(&self) -> Result<Vec<String>, RuntimeError> {
+        let live = self.store.list_live_vms().await?;
+        let all = self.store.list_vms(None, true).await?;
+        let prefix = self.cfg.netns_prefix();
+        let vms_dir = self.cfg.vms_dir();
+        let owned_ns: Vec<String> = live.iter().filter(|r| !r.slot_released).map(|r| r.netns.clone()).collect();
+        let live_dirs: Vec<String> = live.iter().filter(|r| !r.status.is_terminal()).map(|r| r.dir.clone()).collect();
+        let known_dirs: Vec<String> = all.iter().filter(|r| r.status != VmStatus::Destroyed).map(|r| r.dir.clone()).collect();
+        tokio::task::spawn_blocking(move || {
+            let mut removed = Vec::new();
+            let marker = format!("{}/", vms_dir.display());
+            for pid in process::find_by_marker(&marker) {
+                let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                let cmd = String::from_utf8_lossy(&cmd);
+                if !live_dirs.iter().any(|d| cmd.contains(&format!("{d}/"))) {
+                    let _ = process::stop(pid, &marker, Duration::from_secs(2));
+                    removed.push(format!("process {pid}"));
+                }
+            }
+            for ns in polydev_net::netns::list(&prefix) {
+                if !owned_ns.contains(&ns) && polydev_net::teardown_vm_network(&ns).is_ok() {
+                    removed.push(format!("netns {ns}"));
+                }
+            }
+            if let Ok(rd) = std::fs::read_dir(&vms_dir) {
+                for e in rd.flatten() {
+                    let p = e.path().display().to_string();
+                    if !known_dirs.contains(&p) && std::fs::remove_dir_all(e.path()).is_ok() {
+                        removed.push(format!("dir {p}"));
+                    }
+                }
+            }
+            for r in &removed {
+                tracing::warn!(what = %r, "removed an orphan");
+            }
+            Ok(removed)
+        })
+        .await
+        .unwrap_or_else(|e| Ok(vec![format!("orphan sweep failed: {e}")]))
+    }
+}
+
+/// What start-up reconciliation did.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct ReconcileReport {
+    /// VMs re-adopted (running, or still booting).
+    pub adopted: Vec<String>,
+    /// VMs found dead and marked failed.
+    pub failed: Vec<String>,
+    /// Failed VMs whose leftovers were reclaimed.
+    pub reclaimed: Vec<String>,
+    /// VMs whose journaled destroy was finished.
+    pub destroyed: Vec<String>,
+    /// Orphans (processes, namespaces, directories) removed.
+    pub orphans: Vec<String>,
+}
+
+fn remove_vm_files(dir: &Path, keep_logs: bool) -> std::io::Result<()> {
+    if !dir.exists() {
+        return Ok(());
+    }
+    if !keep_logs {
+        return std::fs::remove_dir_all(dir);
+    }
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        let name = e.file_name();
+        if name == polydev_vmm::CONSOLE_FILE || name == polydev_vmm::VMM_LOG_FILE {
+            continue;
+        }
+        if e.file_type()?.is_dir() {
+            std::fs::remove_dir_all(e.path())?;
+        } else {
+            std::fs::remove_file(e.path())?;
+        }
+    }
+    Ok(())
+}
+
+fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    f.write_all(data)
+}
+
+/// A new VM id: `vm_` and 16 hex digits.
+pub fn new_vm_id() -> String {
+    use rand::RngCore;
+    let mut b = [0u8; 8];
+    rand::thread_rng().fill_bytes(&mut b);
+    format!("vm_{}", hex::encode(b))
+}
+
+fn new_token() -> String {
+    use rand::RngCore;
+    let mut b = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut b);
+    hex::encode(b)
+}

@@ -1,0 +1,9 @@
+//! One module per subcommand.
+
+pub mod apikey;
+pub mod bench;
+pub mod common;
+pub mod doctor;
+pub mod image;
+pub mod serve;
+pub mod vm;

@@ -1,0 +1,52 @@
+//! `polydev serve`.
+
+use super::common::Common;
+use clap::Args as ClapArgs;
+use std::net::SocketAddr;
+
+/// Options of `polydev serve`.
+#[derive(ClapArgs, Debug)]
+pub struct Args {
+    #[command(flatten)]
+    common: Common,
+    /// Address to listen on.
+    #[arg(long, env = "POLYDEV_LISTEN", default_value = "127.0.0.1:4000")]
+    listen: SocketAddr,
+    /// Seconds a VM may take to announce readiness before it is failed.
+    #[arg(long, env = "POLYDEV_BOOT_TIMEOUT_SECS", default_value_t = 180)]
+    boot_timeout_secs: u64,
+    /// vCPUs of a browser VM.
+    #[arg(long, env = "POLYDEV_BROWSER_VCPUS", default_value_t = 2)]
+    browser_vcpus: u32,
+    /// Memory of a browser VM in MiB.
+    #[arg(long, env = "POLYDEV_BROWSER_MEMORY_MB", default_value_t = 4096)]
+    browser_memory_mb: u32,
+    /// vCPUs of a CLI VM.
+    #[arg(long, env = "POLYDEV_CLI_VCPUS", default_value_t = 2)]
+    cli_vcpus: u32,
+    /// Memory of a CLI VM in MiB.
+    #[arg(long, env = "POLYDEV_CLI_MEMORY_MB", default_value_t = 2048)]
+    cli_memory_mb: u32,
+    /// Size of each VM's sparse writable state disk in MiB.
+    #[arg(long, env = "POLYDEV_STATE_DISK_MB", default_value_t = 1024)]
+    state_disk_mb: u64,
+    /// Extra kernel command-line arguments for every VM (space-separated).
+    #[arg(long, env = "POLYDEV_EXTRA_KERNEL_ARGS", default_value = "")]
+    extra_kernel_args: String,
+    /// Largest accepted request body in bytes.
+    #[arg(long, env = "POLYDEV_MAX_BODY_BYTES", default_value_t = 65536)]
+    max_body_bytes: usize,
+}
+
+/// Runs the controller.
+pub async fn run(a: Args) -> anyhow::Result<()> {
+    let mut cfg = a.common.config();
+    cfg.listen = a.listen;
+    cfg.boot_timeout = std::time::Duration::from_secs(a.boot_timeout_secs.max(1));
+    cfg.browser_size = polydev_controller::config::VmSize { vcpus: a.browser_vcpus, memory_mb: a.browser_memory_mb };
+    cfg.cli_size = polydev_controller::config::VmSize { vcpus: a.cli_vcpus, memory_mb: a.cli_memory_mb };
+    cfg.state_disk_mb = a.state_disk_mb;
+    cfg.extra_kernel_args = a.extra_kernel_args.split_whitespace().map(String::from).collect();
+    cfg.max_body_bytes = a.max_body_bytes;
+    polydev_controller::serve(cfg).await
+}
