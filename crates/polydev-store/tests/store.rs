@@ -1,0 +1,614 @@
+//! Store behaviour, each test body run against SQLite (a temporary directory) and
+//! PostgreSQL (a fresh database per test, created through the server named by
+//! `POLYDEV_TEST_POSTGRES_URL`; see `scripts/with-postgres.sh`). Without that
+//! variable the PostgreSQL variants are skipped, unless `CI` is set, where they fail.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use polydev_core::vm::{now_ms, VmStatus, VmType};
+use polydev_store::{CleanupStatus, NewVm, Store, StoreError, StoreKind};
+use sqlx::Connection;
+
+/// A store on a throwaway database, and what is needed to open it again or drop it.
+struct TestDb {
+    store: Store,
+    url: String,
+    _dir: Option<tempfile::TempDir>,
+    pg: Option<(String, String)>, // (admin URL, database name)
+}
+
+impl TestDb {
+    async fn sqlite() -> TestDb {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Store::sqlite_in(dir.path())
+            .await
+            .expect("open sqlite store");
+        let url = format!("sqlite://{}", dir.path().join("polydev.db").display());
+        TestDb {
+            store,
+            url,
+            _dir: Some(dir),
+            pg: None,
+        }
+    }
+
+    async fn postgres() -> Option<TestDb> {
+        let admin = match std::env::var("POLYDEV_TEST_POSTGRES_URL") {
+            Ok(u) if !u.is_empty() => u,
+            _ => {
+                if std::env::var_os("CI").is_some() {
+                    panic!("POLYDEV_TEST_POSTGRES_URL must be set when CI is set (run under scripts/with-postgres.sh)");
+                }
+                eprintln!("SKIPPED: POLYDEV_TEST_POSTGRES_URL not set");
+                return None;
+            }
+        };
+        let name = format!("polydev_t_{}", uuid::Uuid::new_v4().simple());
+        let mut conn = sqlx::PgConnection::connect(&admin)
+            .await
+            .expect("connect to POLYDEV_TEST_POSTGRES_URL");
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut conn)
+            .await
+            .expect("create test database");
+        conn.close().await.ok();
+        let url = with_database(&admin, &name);
+        let store = Store::connect(&url).await.expect("open postgres store");
+        Some(TestDb {
+            store,
+            url,
+            _dir: None,
+            pg: Some((admin, name)),
+        })
+    }
+
+    async fn finish(self) {
+        self.store.close().await;
+        if let Some((admin, name)) = self.pg {
+            let mut conn = sqlx::PgConnection::connect(&admin)
+                .await
+                .expect("admin connect");
+            sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .execute(&mut conn)
+                .await
+                .expect("drop test database");
+        }
+    }
+}
+
+/// `url` with its database name replaced by `db`.
+fn with_database(url: &str, db: &str) -> String {
+    let auth_start = url.find("://").map(|i| i + 3).unwrap_or(0);
+    let (head, rest) = url.split_at(auth_start);
+    let path_start = rest.find('/').unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(path_start);
+    let query = path.find('?').map(|q| &path[q..]).unwrap_or("");
+    format!("{head}{authority}/{db}{query}")
+}
+
+/// One test body, run on both backends.
+macro_rules! both {
+    ($body:ident) => {
+        mod $body {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn sqlite() {
+                let db = super::TestDb::sqlite().await;
+                super::$body(&db).await;
+                db.finish().await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn postgres() {
+                let Some(db) = super::TestDb::postgres().await else {
+                    return;
+                };
+                super::$body(&db).await;
+                db.finish().await;
+            }
+        }
+    };
+}
+
+fn new_vm(id: &str, user: &str) -> NewVm {
+    NewVm {
+        vm_id: id.to_string(),
+        user_id: user.to_string(),
+        vm_type: VmType::Cli,
+        vcpu_count: 2,
+        memory_mb: 2048,
+        vmm: "qemu".to_string(),
+        dir: format!("/var/lib/polydev/vms/{id}"),
+    }
+}
+
+fn names(slot: i64) -> (String, String) {
+    (format!("pd-{slot}"), format!("pdtap{slot}"))
+}
+
+async fn count(store: &Store, sql: &str) -> i64 {
+    sqlx::query_scalar(sql)
+        .fetch_one(store.pool())
+        .await
+        .expect("count")
+}
+
+both!(migrations_idempotent);
+async fn migrations_idempotent(db: &TestDb) {
+    db.store.ensure_user("alice").await.unwrap();
+    let again = Store::connect(&db.url).await.expect("second connect");
+    assert_eq!(again.kind(), db.store.kind());
+    assert_eq!(count(&again, "SELECT COUNT(*) FROM users").await, 1);
+    assert_eq!(
+        count(&again, "SELECT COUNT(*) FROM _sqlx_migrations").await,
+        1
+    );
+    again.close().await;
+    match db.store.kind() {
+        StoreKind::Sqlite => {
+            let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+                .fetch_one(db.store.pool())
+                .await
+                .unwrap();
+            assert_eq!(mode, "wal");
+            assert_eq!(count(&db.store, "PRAGMA foreign_keys").await, 1);
+            assert!(db.store.url().starts_with("sqlite:"));
+        }
+        StoreKind::Postgres => assert!(db.store.url().starts_with("postgres")),
+    }
+}
+
+both!(ensure_user_idempotent);
+async fn ensure_user_idempotent(db: &TestDb) {
+    let s = &db.store;
+    s.ensure_user("alice").await.unwrap();
+    s.ensure_user("alice").await.unwrap();
+    s.ensure_user("bob").await.unwrap();
+    assert_eq!(count(s, "SELECT COUNT(*) FROM users").await, 2);
+}
+
+both!(api_keys);
+async fn api_keys(db: &TestDb) {
+    let s = &db.store;
+    let k = s.insert_api_key("k1", "laptop", "aa11").await.unwrap();
+    assert!(!k.revoked);
+    s.insert_api_key("k2", "ci", "bb22").await.unwrap();
+    let dup = s.insert_api_key("k3", "dup", "aa11").await.unwrap_err();
+    assert!(matches!(dup, StoreError::Conflict { .. }), "{dup}");
+
+    let found = s
+        .find_api_key_by_hash("aa11")
+        .await
+        .unwrap()
+        .expect("found");
+    assert_eq!(found.key_id, "k1");
+    assert_eq!(found.last_used_at, None);
+    assert!(s.find_api_key_by_hash("nope").await.unwrap().is_none());
+
+    assert!(s.touch_api_key("k1").await.unwrap());
+    assert!(!s.touch_api_key("missing").await.unwrap());
+    let found = s.find_api_key_by_hash("aa11").await.unwrap().unwrap();
+    assert!(found.last_used_at.is_some());
+
+    assert!(s.revoke_api_key("k1").await.unwrap());
+    assert!(!s.revoke_api_key("k1").await.unwrap());
+    assert!(s.find_api_key_by_hash("aa11").await.unwrap().is_none());
+    let all = s.list_api_keys().await.unwrap();
+    assert_eq!(all.len(), 2);
+    assert!(all.iter().any(|k| k.key_id == "k1" && k.revoked));
+    assert!(all.iter().any(|k| k.key_id == "k2" && !k.revoked));
+}
+
+both!(slot_allocation);
+async fn slot_allocation(db: &TestDb) {
+    let s = Arc::new(db.store.clone());
+    let mut handles = Vec::new();
+    for i in 0..8 {
+        let s = s.clone();
+        handles.push(tokio::spawn(async move {
+            s.insert_vm_allocating_slot(&new_vm(&format!("vm-{i}"), "alice"), names)
+                .await
+        }));
+    }
+    let mut slots = Vec::new();
+    for h in handles {
+        let rec = h.await.unwrap().expect("insert");
+        assert_eq!(rec.status, VmStatus::Creating);
+        assert_eq!(rec.netns, format!("pd-{}", rec.slot));
+        assert_eq!(rec.tap_device, format!("pdtap{}", rec.slot));
+        slots.push(rec.slot);
+    }
+    slots.sort();
+    assert_eq!(slots, (0..8).collect::<Vec<i64>>());
+
+    let dup = s
+        .insert_vm_allocating_slot(&new_vm("vm-0", "alice"), names)
+        .await
+        .unwrap_err();
+    assert!(matches!(dup, StoreError::Conflict { .. }), "{dup}");
+
+    let holder = |slot: i64| {
+        let s = s.clone();
+        async move {
+            s.list_vms(None, false)
+                .await
+                .unwrap()
+                .into_iter()
+                .find(|v| v.slot == slot)
+                .unwrap()
+                .vm_id
+        }
+    };
+
+    // A destroyed VM's slot is reused.
+    let three = holder(3).await;
+    assert!(s.mark_vm_destroyed(&three).await.unwrap());
+    let r = s
+        .insert_vm_allocating_slot(&new_vm("vm-a", "bob"), names)
+        .await
+        .unwrap();
+    assert_eq!(r.slot, 3);
+    assert_eq!(r.netns, "pd-3");
+
+    // A failed VM keeps its slot until released.
+    let five = holder(5).await;
+    assert!(s
+        .mark_vm_failed(&five, "agent never started")
+        .await
+        .unwrap());
+    let r = s
+        .insert_vm_allocating_slot(&new_vm("vm-b", "bob"), names)
+        .await
+        .unwrap();
+    assert_eq!(r.slot, 8);
+    assert!(s.release_slot(&five).await.unwrap());
+    assert!(!s.release_slot(&five).await.unwrap());
+    let failed = s.get_vm(&five).await.unwrap().unwrap();
+    assert!(failed.slot_released);
+    assert_eq!(failed.slot, 5, "the slot value is kept for the record");
+    assert_eq!(
+        failed.failure_reason.as_deref(),
+        Some("agent never started")
+    );
+    let r = s
+        .insert_vm_allocating_slot(&new_vm("vm-c", "bob"), names)
+        .await
+        .unwrap();
+    assert_eq!(r.slot, 5);
+
+    // A live VM's slot cannot be released.
+    assert!(!s.release_slot("vm-c").await.unwrap());
+}
+
+both!(status_compare_and_set);
+async fn status_compare_and_set(db: &TestDb) {
+    let s = &db.store;
+    s.insert_vm_allocating_slot(&new_vm("v1", "alice"), names)
+        .await
+        .unwrap();
+    assert!(s
+        .set_vm_pid("v1", 4242, Some("/run/v1.sock"))
+        .await
+        .unwrap());
+    assert!(s
+        .mark_vm_running("v1", now_ms(), Some(2300), Some(2900))
+        .await
+        .unwrap());
+    let v = s.get_vm("v1").await.unwrap().unwrap();
+    assert_eq!(v.status, VmStatus::Running);
+    assert_eq!(v.vmm_pid, Some(4242));
+    assert_eq!(v.socket_path.as_deref(), Some("/run/v1.sock"));
+    assert_eq!(v.kernel_boot_ms, Some(2300));
+    assert!(v.ready_at.is_some());
+    // running → hibernated → running
+    assert!(s.mark_vm_hibernated("v1").await.unwrap());
+    assert!(!s.mark_vm_hibernated("v1").await.unwrap());
+    assert!(
+        !s.mark_vm_failed("v1", "x").await.unwrap(),
+        "hibernated cannot fail"
+    );
+    assert!(s.mark_vm_running("v1", now_ms(), None, None).await.unwrap());
+    assert!(!s.mark_vm_running("v1", now_ms(), None, None).await.unwrap());
+
+    // A destroyed VM can never become running (destroy raced ready).
+    s.insert_vm_allocating_slot(&new_vm("v2", "alice"), names)
+        .await
+        .unwrap();
+    assert!(s.mark_vm_destroyed("v2").await.unwrap());
+    assert!(!s.mark_vm_running("v2", now_ms(), None, None).await.unwrap());
+    assert!(!s.mark_vm_failed("v2", "late").await.unwrap());
+    assert!(!s.set_vm_pid("v2", 1, None).await.unwrap());
+    assert!(!s.mark_vm_destroyed("v2").await.unwrap());
+    let v2 = s.get_vm("v2").await.unwrap().unwrap();
+    assert_eq!(v2.status, VmStatus::Destroyed);
+    assert!(v2.destroyed_at.is_some());
+    assert!(v2.slot_released);
+    assert_eq!(v2.failure_reason, None);
+
+    // failed is terminal except for destroy.
+    s.insert_vm_allocating_slot(&new_vm("v3", "alice"), names)
+        .await
+        .unwrap();
+    assert!(s.mark_vm_failed("v3", "kernel panic").await.unwrap());
+    assert!(!s.mark_vm_failed("v3", "again").await.unwrap());
+    assert!(!s.mark_vm_running("v3", now_ms(), None, None).await.unwrap());
+    assert!(s.mark_vm_destroyed("v3").await.unwrap());
+    let v3 = s.get_vm("v3").await.unwrap().unwrap();
+    assert_eq!(v3.failure_reason.as_deref(), Some("kernel panic"));
+
+    // Unknown VMs change nothing.
+    assert!(!s.mark_vm_destroyed("nope").await.unwrap());
+    assert!(s.get_vm("nope").await.unwrap().is_none());
+}
+
+both!(list_filters);
+async fn list_filters(db: &TestDb) {
+    let s = &db.store;
+    for (id, user) in [
+        ("a1", "alice"),
+        ("b1", "bob"),
+        ("a2", "alice"),
+        ("a3", "alice"),
+        ("b2", "bob"),
+    ] {
+        let mut v = new_vm(id, user);
+        if id == "b1" {
+            v.vm_type = VmType::Browser;
+        }
+        s.insert_vm_allocating_slot(&v, names).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(3)).await;
+    }
+    assert!(s.mark_vm_destroyed("a2").await.unwrap());
+    assert!(s.mark_vm_failed("a3", "timeout").await.unwrap());
+    assert!(s.mark_vm_failed("b2", "timeout").await.unwrap());
+    assert!(s.release_slot("b2").await.unwrap());
+
+    let ids = |v: Vec<polydev_store::VmRecord>| v.into_iter().map(|r| r.vm_id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(s.list_vms(None, true).await.unwrap()),
+        ["b2", "a3", "a2", "b1", "a1"]
+    );
+    assert_eq!(
+        ids(s.list_vms(None, false).await.unwrap()),
+        ["b2", "a3", "b1", "a1"]
+    );
+    assert_eq!(
+        ids(s.list_vms(Some("alice"), true).await.unwrap()),
+        ["a3", "a2", "a1"]
+    );
+    assert_eq!(
+        ids(s.list_vms(Some("alice"), false).await.unwrap()),
+        ["a3", "a1"]
+    );
+    assert!(s.list_vms(Some("carol"), true).await.unwrap().is_empty());
+    let b1 = s.get_vm("b1").await.unwrap().unwrap();
+    assert_eq!(b1.vm_type, VmType::Browser);
+
+    // Live: creating/running/hibernated, and failed with the slot still held.
+    let mut live = ids(s.list_live_vms().await.unwrap());
+    live.sort();
+    assert_eq!(live, ["a1", "a3", "b1"]);
+}
+
+both!(cleanup_claim_exclusive);
+async fn cleanup_claim_exclusive(db: &TestDb) {
+    let s = Arc::new(db.store.clone());
+    let now = now_ms();
+    let mut all = HashSet::new();
+    for i in 0..40 {
+        let t = s
+            .enqueue_cleanup(&format!("vm-{i}"), Some("sess"), now - 1000 + i)
+            .await
+            .unwrap();
+        assert_eq!(t.status, CleanupStatus::Pending);
+        all.insert(t.task_id);
+    }
+    let later = s
+        .enqueue_cleanup("vm-later", None, now + 60_000)
+        .await
+        .unwrap();
+
+    let mut handles = Vec::new();
+    for _ in 0..4 {
+        let s = s.clone();
+        handles.push(tokio::spawn(async move {
+            let mut got = Vec::new();
+            loop {
+                let batch = s.claim_due_cleanups(now, 3).await.expect("claim");
+                if batch.is_empty() {
+                    // Another claimer may hold the rest; stop once nothing is pending.
+                    let pending: i64 = sqlx::query_scalar(
+                        "SELECT COUNT(*) FROM vm_cleanup_tasks WHERE status = 'pending' AND cleanup_at <= $1",
+                    )
+                    .bind(now)
+                    .fetch_one(s.pool())
+                    .await
+                    .unwrap();
+                    if pending == 0 {
+                        break;
+                    }
+                    continue;
+                }
+                for t in batch {
+                    assert_eq!(t.status, CleanupStatus::Processing);
+                    assert_eq!(t.attempts, 1);
+                    got.push(t.task_id);
+                }
+            }
+            got
+        }));
+    }
+    let mut claimed = Vec::new();
+    for h in handles {
+        claimed.extend(h.await.unwrap());
+    }
+    let unique: HashSet<_> = claimed.iter().cloned().collect();
+    assert_eq!(unique.len(), claimed.len(), "a task was claimed twice");
+    assert_eq!(unique, all);
+    let later = s.get_cleanup(&later.task_id).await.unwrap().unwrap();
+    assert_eq!(later.status, CleanupStatus::Pending, "not yet due");
+}
+
+both!(cleanup_crash_and_retry);
+async fn cleanup_crash_and_retry(db: &TestDb) {
+    let s = &db.store;
+    let now = now_ms();
+    let t = s.enqueue_cleanup("vm-1", None, now).await.unwrap();
+    let got = s.claim_due_cleanups(now, 10).await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].task_id, t.task_id);
+    // Still within the lease: nobody else gets it.
+    assert!(s
+        .claim_due_cleanups(now + 1000, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    // The worker "crashed": past the lease the task is handed out again.
+    let after = now + polydev_store::DEFAULT_CLEANUP_LEASE_MS + 1;
+    let got = s.claim_due_cleanups(after, 10).await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].attempts, 2);
+    assert_eq!(got[0].updated_at, after);
+
+    // Failure with a retry puts it back, due at the retry time.
+    assert!(s
+        .fail_cleanup(&t.task_id, "netns busy", Some(after + 500))
+        .await
+        .unwrap());
+    assert!(!s
+        .fail_cleanup(&t.task_id, "not processing", None)
+        .await
+        .unwrap());
+    assert!(s
+        .claim_due_cleanups(after + 100, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    let got = s.claim_due_cleanups(after + 500, 10).await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].error.as_deref(), Some("netns busy"));
+    assert!(s.complete_cleanup(&t.task_id).await.unwrap());
+    assert!(!s.complete_cleanup(&t.task_id).await.unwrap());
+    let done = s.get_cleanup(&t.task_id).await.unwrap().unwrap();
+    assert_eq!(done.status, CleanupStatus::Completed);
+    assert_eq!(done.error, None);
+    assert!(s
+        .claim_due_cleanups(after + 10_000_000, 10)
+        .await
+        .unwrap()
+        .is_empty());
+
+    // Failure without a retry is final.
+    let t2 = s.enqueue_cleanup("vm-2", None, now).await.unwrap();
+    assert_eq!(s.claim_due_cleanups(now, 10).await.unwrap().len(), 1);
+    assert!(s.fail_cleanup(&t2.task_id, "gave up", None).await.unwrap());
+    let t2 = s.get_cleanup(&t2.task_id).await.unwrap().unwrap();
+    assert_eq!(t2.status, CleanupStatus::Failed);
+    assert!(s
+        .claim_due_cleanups(now + 10_000_000, 10)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+both!(credentials_unique_per_user_provider);
+async fn credentials_unique_per_user_provider(db: &TestDb) {
+    let s = &db.store;
+    s.ensure_user("alice").await.unwrap();
+    let insert = |provider: &'static str| async move {
+        sqlx::query(
+            "INSERT INTO credentials (user_id, provider, encrypted_data, iv, tag, salt, key_id, \
+             is_valid, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind("alice")
+        .bind(provider)
+        .bind(vec![1u8, 2, 3, 0, 255])
+        .bind(vec![0u8; 12])
+        .bind(vec![0u8; 16])
+        .bind(vec![9u8; 16])
+        .bind("master-1")
+        .bind(true)
+        .bind(now_ms())
+        .execute(s.pool())
+        .await
+    };
+    insert("claude").await.unwrap();
+    insert("codex").await.unwrap();
+    let err = insert("claude").await.unwrap_err();
+    assert!(
+        matches!(&err, sqlx::Error::Database(d) if d.is_unique_violation()),
+        "{err}"
+    );
+    let blob: Vec<u8> = sqlx::query_scalar(
+        "SELECT encrypted_data FROM credentials WHERE user_id = $1 AND provider = $2",
+    )
+    .bind("alice")
+    .bind("claude")
+    .fetch_one(s.pool())
+    .await
+    .unwrap();
+    assert_eq!(blob, [1, 2, 3, 0, 255]);
+    // Foreign key: credentials need a known user.
+    let fk = sqlx::query(
+        "INSERT INTO credentials (user_id, provider, encrypted_data, iv, tag, salt, key_id, \
+         created_at) VALUES ('ghost', 'claude', $1, $1, $1, $1, 'k', 0)",
+    )
+    .bind(vec![0u8])
+    .execute(s.pool())
+    .await;
+    assert!(fk.is_err(), "foreign keys must be enforced");
+}
+
+#[tokio::test]
+async fn bad_urls_say_why_without_the_password() {
+    let err = Store::connect("mysql://root:hunter2@localhost/x")
+        .await
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, StoreError::UnsupportedUrl { .. }), "{msg}");
+    assert!(!msg.contains("hunter2"), "{msg}");
+
+    // Port 1 on loopback: refused at once.
+    let err = Store::connect("postgres://bob:hunter2@127.0.0.1:1/polydev")
+        .await
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        matches!(
+            err,
+            StoreError::Connect {
+                kind: StoreKind::Postgres,
+                ..
+            }
+        ),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("postgres://bob:***@127.0.0.1:1/polydev"),
+        "{msg}"
+    );
+    assert!(!msg.contains("hunter2"), "{msg}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("f");
+    std::fs::write(&file, b"").unwrap();
+    let err = Store::sqlite_in(&file.join("sub")).await.unwrap_err();
+    assert!(matches!(err, StoreError::DataDir { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn vm_record_serializes_camel_case() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::sqlite_in(dir.path()).await.unwrap();
+    assert_eq!(s.kind().to_string(), "sqlite");
+    let v = s
+        .insert_vm_allocating_slot(&new_vm("v", "u"), names)
+        .await
+        .unwrap();
+    let json = serde_json::to_value(&v).unwrap();
+    assert_eq!(json["vmId"], "v");
+    assert_eq!(json["vmType"], "cli");
+    assert_eq!(json["status"], "creating");
+    assert_eq!(json["tapDevice"], "pdtap0");
+    assert!(json["vmmPid"].is_null());
+}

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Installs everything polydev needs on a Debian 12 host and builds it:
+#   1. Debian packages (QEMU, mmdebstrap, the kernel source and its build
+#      tools, PostgreSQL for the tests, iproute2, e2fsprogs),
+#   2. the `polydev` and `polydev-agent` binaries (cargo, release profile),
+#   3. the guest kernel (5-15 minutes on 2 cores the first time, then cached),
+#   4. the minimal golden image (1-3 minutes the first time, then cached).
+# Kernel and images are cached under $POLYDEV_CACHE_DIR (default
+# /var/cache/polydev). Run as root. Safe to run again: every step is skipped
+# or cached when nothing changed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PACKAGES=(
+  qemu-system-x86 mmdebstrap debian-archive-keyring e2fsprogs iproute2
+  linux-source-6.1 build-essential bc bison flex libelf-dev libssl-dev cpio xz-utils kmod
+  postgresql ca-certificates
+)
+
+step() { printf '\n==> %s\n' "$*" >&2; }
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "setup.sh: run as root (VMs need network namespaces, TAP devices and mmdebstrap)" >&2
+  exit 1
+fi
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  step "installing Debian packages: ${missing[*]}"
+  apt-get update -q
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+else
+  step "Debian packages already installed"
+fi
+
+step "building polydev and polydev-agent (cargo, release)"
+cargo build --release --locked -p polydev -p polydev-agent
+
+step "guest kernel"
+./target/release/polydev kernel build >/dev/null
+
+step "minimal guest image"
+./target/release/polydev image build minimal >/dev/null
+
+step "setup done: ./target/release/polydev doctor"
+./target/release/polydev doctor || true
