@@ -82,6 +82,37 @@ pub fn locate(cache_dir: &Path) -> Result<Option<KernelArtifact>> {
     }))
 }
 
+/// The most recently built kernel in the cache, whatever its inputs (for
+/// hosts where `linux-source-6.1` is no longer installed).
+pub fn latest(cache_dir: &Path) -> Result<Option<KernelArtifact>> {
+    let dir = cache_dir.join("kernel");
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io("list", &dir)(e)),
+    };
+    let mut best: Option<(std::time::SystemTime, KernelArtifact)> = None;
+    for entry in entries {
+        let entry = entry.map_err(Error::io("list", &dir))?;
+        let path = entry.path().join("vmlinux");
+        let Ok(modified) = std::fs::metadata(&path).and_then(|m| m.modified()) else {
+            continue;
+        };
+        if best.as_ref().map_or(true, |(t, _)| modified > *t) {
+            let hash = entry.file_name().to_string_lossy().into_owned();
+            best = Some((
+                modified,
+                KernelArtifact {
+                    path,
+                    hash,
+                    cached: true,
+                },
+            ));
+        }
+    }
+    Ok(best.map(|(_, k)| k))
+}
+
 /// The `CONFIG_X=y` lines of a fragment.
 pub fn required_options(fragment: &str) -> Vec<&str> {
     fragment
