@@ -2,6 +2,9 @@
 
 use polydev_core::guest::{ReadyLine, INIT_MARKER};
 
+/// What the guest init prints before it gives up (`POLYDEV-INIT-FAILED: <why>`).
+pub const INIT_FAILED_MARKER: &str = "POLYDEV-INIT-FAILED";
+
 /// What a console log says about a boot.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BootProgress {
@@ -72,11 +75,11 @@ pub fn failure_reason(
     vmm_exit: Option<&str>,
     timed_out_after: Option<u64>,
 ) -> String {
-    if let Some(panic) = &p.panic {
-        return format!("kernel panic: {panic}");
-    }
     if let Some(e) = &p.init_error {
         return format!("guest init failed: {e}");
+    }
+    if let Some(panic) = &p.panic {
+        return format!("kernel panic: {panic}");
     }
     let stage = if !p.kernel_started {
         "the kernel printed nothing on the console"
@@ -122,6 +125,13 @@ mod tests {
         let stuck = scan("[    0.0] Linux version 6.1\n");
         assert!(failure_reason(&stuck, None, Some(60)).contains("never ran init"));
         assert!(failure_reason(&scan(""), None, Some(1)).contains("printed nothing"));
+    }
+
+    #[test]
+    fn init_failure_beats_the_panic_it_causes() {
+        let log = "Linux version 6.1\nPOLYDEV-INIT\nPOLYDEV-INIT-FAILED: state disk /dev/vdb is missing\n[    3.4] Kernel panic - not syncing: Attempted to kill init!\n";
+        let r = failure_reason(&scan(log), Some("exit status: 0"), None);
+        assert_eq!(r, "guest init failed: state disk /dev/vdb is missing");
     }
 
     #[test]
