@@ -37,9 +37,11 @@ pub fn scan(text: &str) -> BootProgress {
         }
         if line.contains(INIT_MARKER) {
             p.init_started = true;
-            if let Some(i) = line.find("polydev-init: error:") {
-                p.init_error
-                    .get_or_insert_with(|| line[i..].trim().to_string());
+            if let Some(i) = line.find(INIT_FAILED_MARKER) {
+                let msg = line[i + INIT_FAILED_MARKER.len()..]
+                    .trim_start_matches(':')
+                    .trim();
+                p.init_error.get_or_insert_with(|| msg.to_string());
             }
         }
         if line.contains("Welcome to") || line.contains("systemd[1]") {
