@@ -98,7 +98,7 @@ pub fn latest(cache_dir: &Path) -> Result<Option<KernelArtifact>> {
         let Ok(modified) = std::fs::metadata(&path).and_then(|m| m.modified()) else {
             continue;
         };
-        if best.as_ref().map_or(true, |(t, _)| modified > *t) {
+        if !matches!(&best, Some((t, _)) if *t >= modified) {
             let hash = entry.file_name().to_string_lossy().into_owned();
             best = Some((
                 modified,

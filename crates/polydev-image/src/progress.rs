@@ -94,10 +94,7 @@ impl Progress for StderrProgress {
             let _ = write!(err, "\r\x1b[K{}: {detail}, {elapsed} elapsed", self.label);
             let _ = err.flush();
             self.dirty = true;
-        } else if self
-            .last_line
-            .map_or(true, |t| t.elapsed() >= self.interval)
-        {
+        } else if !matches!(self.last_line, Some(t) if t.elapsed() < self.interval) {
             let _ = writeln!(err, "{}: {detail}, {elapsed} elapsed", self.label);
             self.last_line = Some(Instant::now());
         }

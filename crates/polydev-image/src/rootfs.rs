@@ -199,7 +199,7 @@ pub fn latest(flavour: Flavour, cache_dir: &Path) -> Result<Option<ImageArtifact
         let Ok(m) = Manifest::read(&a.manifest_path) else {
             continue;
         };
-        if best.as_ref().map_or(true, |(t, _)| m.built_at_unix > *t) {
+        if !matches!(&best, Some((t, _)) if *t >= m.built_at_unix) {
             best = Some((m.built_at_unix, a));
         }
     }
