@@ -52,8 +52,23 @@ pub enum AgentError {
 
 impl AgentTarget {
     /// `GET path`, returning the JSON body.
-    pub async fn get_json(&self, path: &str, timeout: Duration) -> Result<serde_json::Value, AgentError> {
-        let fut = self.request("GET", path, None);
+    pub async fn get_json(
+        &self,
+        path: &str,
+        timeout: Duration,
+    ) -> Result<serde_json::Value, AgentError> {
+        self.call("GET", path, None, timeout).await
+    }
+
+    /// `method path` with an optional JSON body, returning the JSON answer.
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+        timeout: Duration,
+    ) -> Result<serde_json::Value, AgentError> {
+        let fut = self.request(method, path, body);
         match tokio::time::timeout(timeout, fut).await {
             Ok(r) => r,
             Err(_) => Err(AgentError::Timeout(path.to_string(), timeout)),
@@ -67,7 +82,9 @@ impl AgentTarget {
         body: Option<serde_json::Value>,
     ) -> Result<serde_json::Value, AgentError> {
         let addr: SocketAddr = (
-            polydev_core::guest::GUEST_ADDR.parse::<std::net::Ipv4Addr>().expect("constant address"),
+            polydev_core::guest::GUEST_ADDR
+                .parse::<std::net::Ipv4Addr>()
+                .expect("constant address"),
             self.port,
         )
             .into();
@@ -77,7 +94,11 @@ impl AgentTarget {
         })
         .await
         .map_err(|e| AgentError::Http(path.into(), e.to_string()))?
-        .map_err(|e| AgentError::Connect { netns: self.netns.clone(), addr, detail: e.to_string() })?;
+        .map_err(|e| AgentError::Connect {
+            netns: self.netns.clone(),
+            addr,
+            detail: e.to_string(),
+        })?;
         std_stream
             .set_nonblocking(true)
             .map_err(|e| AgentError::Http(path.into(), e.to_string()))?;
@@ -93,7 +114,10 @@ impl AgentTarget {
         let req = hyper::Request::builder()
             .method(method)
             .uri(path)
-            .header("host", format!("{}:{}", polydev_core::guest::GUEST_ADDR, self.port))
+            .header(
+                "host",
+                format!("{}:{}", polydev_core::guest::GUEST_ADDR, self.port),
+            )
             .header("authorization", format!("Bearer {}", self.token))
             .header("content-type", "application/json")
             .body(Full::new(Bytes::from(payload)))
@@ -116,6 +140,7 @@ impl AgentTarget {
                 body: String::from_utf8_lossy(&bytes).chars().take(500).collect(),
             });
         }
-        serde_json::from_slice(&bytes).map_err(|e| AgentError::Http(path.into(), format!("bad JSON: {e}")))
+        serde_json::from_slice(&bytes)
+            .map_err(|e| AgentError::Http(path.into(), format!("bad JSON: {e}")))
     }
 }

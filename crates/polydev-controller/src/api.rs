@@ -18,13 +18,16 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .route("/api/vms", get(list_vms).post(create_vm))
         .route("/api/vms/{id}", get(get_vm).delete(delete_vm))
         .route("/api/vms/{id}/console", get(console))
-        .route_layer(axum::middleware::from_fn_with_state(state, crate::auth::require_api_key))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state,
+            crate::auth::require_api_key,
+        ))
 }
 
 /// `GET /health`: version, VMM and why, store kind, artefacts.
 pub async fn health(State(s): State<AppState>) -> Json<serde_json::Value> {
     let rt = &s.runtime;
-    let artifacts = rt.artifacts();
+    let artifacts = rt.artifacts(None);
     Json(serde_json::json!({
         "status": "ok",
         "version": env!("CARGO_PKG_VERSION"),
@@ -45,7 +48,10 @@ pub async fn health(State(s): State<AppState>) -> Json<serde_json::Value> {
 fn vm_json(r: &VmRecord) -> serde_json::Value {
     let mut v = serde_json::to_value(r).unwrap_or_default();
     if let Some(o) = v.as_object_mut() {
-        o.insert("consoleUrl".into(), format!("/api/vms/{}/console", r.vm_id).into());
+        o.insert(
+            "consoleUrl".into(),
+            format!("/api/vms/{}/console", r.vm_id).into(),
+        );
         o.insert("type".into(), r.vm_type.as_str().into());
         o.remove("dir");
     }
@@ -65,7 +71,8 @@ struct CreateVm {
 pub fn validate_user_id(u: &str) -> Result<(), ApiError> {
     let ok = !u.is_empty()
         && u.len() <= 128
-        && u.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'@' | b'-'));
+        && u.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'@' | b'-'));
     if ok {
         Ok(())
     } else {
@@ -79,7 +86,9 @@ pub fn validate_user_id(u: &str) -> Result<(), ApiError> {
 
 fn runtime_error(e: RuntimeError) -> ApiError {
     match e {
-        RuntimeError::ArtifactsMissing(m) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "artifacts_missing", m),
+        RuntimeError::ArtifactsMissing(m) => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "artifacts_missing", m)
+        }
         RuntimeError::NotFound(id) => ApiError::not_found(format!("no VM with id {id}")),
         RuntimeError::Store(e) => ApiError::internal(e),
     }
@@ -90,11 +99,22 @@ async fn create_vm(
     body: Result<Json<CreateVm>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(body) = body?;
-    let vm_type: VmType = body.vm_type.parse().map_err(|e: polydev_core::vm::ParseEnumError| {
-        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_vm_type", e.to_string())
-    })?;
+    let vm_type: VmType = body
+        .vm_type
+        .parse()
+        .map_err(|e: polydev_core::vm::ParseEnumError| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_vm_type",
+                e.to_string(),
+            )
+        })?;
     validate_user_id(&body.user_id)?;
-    let rec = s.runtime.create(&body.user_id, vm_type).await.map_err(runtime_error)?;
+    let rec = s
+        .runtime
+        .create(&body.user_id, vm_type)
+        .await
+        .map_err(runtime_error)?;
     let location = format!("/api/vms/{}", rec.vm_id);
     Ok((
         StatusCode::ACCEPTED,
@@ -105,10 +125,17 @@ async fn create_vm(
 }
 
 async fn find(s: &AppState, id: &str) -> Result<VmRecord, ApiError> {
-    s.runtime.store().get_vm(id).await?.ok_or_else(|| ApiError::not_found(format!("no VM with id {id}")))
+    s.runtime
+        .store()
+        .get_vm(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no VM with id {id}")))
 }
 
-async fn get_vm(State(s): State<AppState>, Path(id): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+async fn get_vm(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
     Ok(Json(vm_json(&find(&s, &id).await?)))
 }
 
@@ -128,8 +155,14 @@ async fn list_vms(
     if let Some(u) = &q.user_id {
         validate_user_id(u)?;
     }
-    let vms = s.runtime.store().list_vms(q.user_id.as_deref(), q.all).await?;
-    Ok(Json(serde_json::json!({"vms": vms.iter().map(vm_json).collect::<Vec<_>>()})))
+    let vms = s
+        .runtime
+        .store()
+        .list_vms(q.user_id.as_deref(), q.all)
+        .await?;
+    Ok(Json(
+        serde_json::json!({"vms": vms.iter().map(vm_json).collect::<Vec<_>>()}),
+    ))
 }
 
 async fn console(State(s): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
@@ -137,21 +170,36 @@ async fn console(State(s): State<AppState>, Path(id): Path<String>) -> Result<Re
     let path = std::path::Path::new(&rec.dir).join(polydev_vmm::CONSOLE_FILE);
     match tokio::fs::read(&path).await {
         Ok(bytes) => Ok((
-            [(axum::http::header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "text/plain; charset=utf-8",
+            )],
             String::from_utf8_lossy(&bytes).into_owned(),
         )
             .into_response()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(ApiError::not_found(format!(
             "VM {id} has no console log ({})",
-            if rec.status == polydev_core::vm::VmStatus::Destroyed { "it was destroyed" } else { "not started yet" }
+            if rec.status == polydev_core::vm::VmStatus::Destroyed {
+                "it was destroyed"
+            } else {
+                "not started yet"
+            }
         ))),
-        Err(e) => Err(ApiError::internal(format!("reading {}: {e}", path.display()))),
+        Err(e) => Err(ApiError::internal(format!(
+            "reading {}: {e}",
+            path.display()
+        ))),
     }
 }
 
-async fn delete_vm(State(s): State<AppState>, Path(id): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+async fn delete_vm(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
     let rec = s.runtime.destroy(&id).await.map_err(runtime_error)?;
-    Ok(Json(serde_json::json!({"vmId": rec.vm_id, "status": rec.status})))
+    Ok(Json(
+        serde_json::json!({"vmId": rec.vm_id, "status": rec.status}),
+    ))
 }
 
 /// Fallback for unknown routes.

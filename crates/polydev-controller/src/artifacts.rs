@@ -1,15 +1,20 @@
 //! Finding the guest kernel and golden image a VM boots from: explicit paths
-//! from the configuration, else the newest cached builds.
+//! from the configuration, else the newest cached builds. A VM type boots its
+//! own image flavour (`browser`, `cli`) when it is built, and the minimal
+//! image otherwise; the choice is recorded in [`Artifacts::image_note`].
 
 use crate::config::Config;
 use crate::runtime::Artifacts;
+use polydev_core::vm::VmType;
+use polydev_image::rootfs::Flavour;
 use std::path::Path;
 
-/// Finds the kernel and root filesystem, or explains how to get them.
-pub fn locate(cfg: &Config) -> Result<Artifacts, String> {
+/// Finds the kernel and the root filesystem for `vm_type` (or for any VM
+/// when `vm_type` is `None`), or explains how to get them.
+pub fn locate(cfg: &Config, vm_type: Option<VmType>) -> Result<Artifacts, String> {
     let kernel = match &cfg.kernel {
         Some(p) => existing(p, "guest kernel (POLYDEV_KERNEL)")?,
-        None => polydev_image::kernel::locate(&cfg.cache_dir)
+        None => polydev_image::kernel::latest(&cfg.cache_dir)
             .map_err(|e| format!("looking for the guest kernel: {e}"))?
             .map(|k| k.path)
             .ok_or_else(|| {
@@ -19,19 +24,42 @@ pub fn locate(cfg: &Config) -> Result<Artifacts, String> {
                 )
             })?,
     };
-    let rootfs = match &cfg.rootfs {
-        Some(p) => existing(p, "root filesystem (POLYDEV_ROOTFS)")?,
-        None => polydev_image::rootfs::latest(polydev_image::rootfs::Flavour::Minimal, &cfg.cache_dir)
-            .map_err(|e| format!("looking for the guest image: {e}"))?
-            .map(|i| i.path)
-            .ok_or_else(|| {
-                format!(
-                    "the guest image is not built (looked in {}): run `polydev image build minimal`",
-                    cfg.cache_dir.display()
-                )
-            })?,
+    if let Some(p) = &cfg.rootfs {
+        let rootfs = existing(p, "root filesystem (POLYDEV_ROOTFS)")?;
+        return Ok(Artifacts {
+            kernel,
+            rootfs,
+            image_note: "POLYDEV_ROOTFS".into(),
+        });
+    }
+    let latest = |f: Flavour| {
+        polydev_image::rootfs::latest(f, &cfg.cache_dir)
+            .map_err(|e| format!("looking for the {f} image: {e}"))
     };
-    Ok(Artifacts { kernel, rootfs })
+    if let Some(flavour) = vm_type.and_then(|t| t.as_str().parse::<Flavour>().ok()) {
+        if let Some(img) = latest(flavour)? {
+            return Ok(Artifacts {
+                kernel,
+                rootfs: img.path,
+                image_note: format!("{flavour} image"),
+            });
+        }
+    }
+    let rootfs = latest(Flavour::Minimal)?.map(|i| i.path).ok_or_else(|| {
+        format!(
+            "the guest image is not built (looked in {}): run `polydev image build minimal`",
+            cfg.cache_dir.display()
+        )
+    })?;
+    let note = match vm_type {
+        Some(t) => format!("minimal image (the {t} image is not built)"),
+        None => "minimal image".into(),
+    };
+    Ok(Artifacts {
+        kernel,
+        rootfs,
+        image_note: note,
+    })
 }
 
 fn existing(p: &Path, what: &str) -> Result<std::path::PathBuf, String> {

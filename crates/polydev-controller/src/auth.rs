@@ -32,7 +32,11 @@ pub fn generate() -> NewKey {
     let key_id = format!("key_{}", hex::encode(id));
     let secret = format!("{KEY_PREFIX}{}", hex::encode(secret));
     let hash = hash(&secret);
-    NewKey { key_id, secret, hash }
+    NewKey {
+        key_id,
+        secret,
+        hash,
+    }
 }
 
 /// SHA-256 of a key, hex.
@@ -48,13 +52,19 @@ pub struct Caller {
 }
 
 /// Middleware: requires `Authorization: Bearer <api key>`.
-pub async fn require_api_key(State(state): State<AppState>, mut req: Request, next: Next) -> Result<Response, ApiError> {
+pub async fn require_api_key(
+    State(state): State<AppState>,
+    mut req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
     let unauthorized = |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", m);
     let header = req
         .headers()
         .get(axum::http::header::AUTHORIZATION)
         .ok_or_else(|| unauthorized("missing Authorization: Bearer <api key>"))?;
-    let value = header.to_str().map_err(|_| unauthorized("malformed Authorization header"))?;
+    let value = header
+        .to_str()
+        .map_err(|_| unauthorized("malformed Authorization header"))?;
     let key = value
         .strip_prefix("Bearer ")
         .map(str::trim)
@@ -67,7 +77,9 @@ pub async fn require_api_key(State(state): State<AppState>, mut req: Request, ne
         .await?
         .ok_or_else(|| unauthorized("unknown or revoked API key"))?;
     let _ = state.runtime.store().touch_api_key(&found.key_id).await;
-    req.extensions_mut().insert(Caller { key_id: found.key_id });
+    req.extensions_mut().insert(Caller {
+        key_id: found.key_id,
+    });
     Ok(next.run(req).await)
 }
 

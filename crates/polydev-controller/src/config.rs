@@ -59,8 +59,14 @@ impl Config {
             rootfs: None,
             accel: None,
             boot_timeout: Duration::from_secs(180),
-            browser_size: VmSize { vcpus: 2, memory_mb: 4096 },
-            cli_size: VmSize { vcpus: 2, memory_mb: 2048 },
+            browser_size: VmSize {
+                vcpus: 2,
+                memory_mb: 4096,
+            },
+            cli_size: VmSize {
+                vcpus: 2,
+                memory_mb: 2048,
+            },
             state_disk_mb: 1024,
             extra_kernel_args: Vec::new(),
             max_body_bytes: 64 * 1024,

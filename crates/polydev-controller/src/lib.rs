@@ -37,17 +37,28 @@ pub async fn open_store(cfg: &Config) -> anyhow::Result<Store> {
 pub async fn build_runtime(cfg: Config) -> anyhow::Result<Arc<runtime::Runtime>> {
     let store = open_store(&cfg).await?;
     let qemu = polydev_vmm::qemu::default_binary();
-    let kernel = artifacts::locate(&cfg).ok().map(|a| a.kernel);
+    let kernel = artifacts::locate(&cfg, None).ok().map(|a| a.kernel);
     let cache = accel::cache_path(&cfg.data_dir);
     let choice = {
         let force = cfg.accel;
         let q = qemu.clone();
-        tokio::task::spawn_blocking(move || accel::choose(&q, kernel.as_deref(), Some(&cache), force)).await?
+        tokio::task::spawn_blocking(move || {
+            accel::choose(&q, kernel.as_deref(), Some(&cache), force)
+        })
+        .await?
     };
     tracing::info!(vmm = "qemu", accel = choice.accel.as_str(), reason = %choice.reason, "VMM chosen");
-    let driver = polydev_vmm::qemu::Qemu { binary: qemu.into(), accel: choice.accel };
+    let driver = polydev_vmm::qemu::Qemu {
+        binary: qemu.into(),
+        accel: choice.accel,
+    };
     std::fs::create_dir_all(cfg.vms_dir())?;
-    Ok(runtime::Runtime::new(store, Arc::new(cfg), Arc::new(driver), choice))
+    Ok(runtime::Runtime::new(
+        store,
+        Arc::new(cfg),
+        Arc::new(driver),
+        choice,
+    ))
 }
 
 /// The whole HTTP application.

@@ -12,7 +12,7 @@ use polydev_core::vm::{now_ms, VmStatus, VmType};
 use polydev_store::{NewVm, Store, VmRecord};
 use polydev_vmm::accel::AccelChoice;
 use polydev_vmm::process::{self, VmmProcess};
-use polydev_vmm::{console, Vmm, VmSpec};
+use polydev_vmm::{console, VmSpec, Vmm};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -25,6 +25,8 @@ pub struct Artifacts {
     pub kernel: PathBuf,
     /// Golden root filesystem.
     pub rootfs: PathBuf,
+    /// Which image that is, in words (logged when a VM is created).
+    pub image_note: String,
 }
 
 /// Errors from the runtime that an API caller can act on.
@@ -59,7 +61,12 @@ pub struct Runtime {
 
 impl Runtime {
     /// A runtime over `store` driving `vmm`.
-    pub fn new(store: Store, cfg: Arc<Config>, vmm: Arc<dyn Vmm>, accel: AccelChoice) -> Arc<Runtime> {
+    pub fn new(
+        store: Store,
+        cfg: Arc<Config>,
+        vmm: Arc<dyn Vmm>,
+        accel: AccelChoice,
+    ) -> Arc<Runtime> {
         Arc::new(Runtime {
             store,
             cfg,
@@ -87,9 +94,10 @@ impl Runtime {
         &self.accel
     }
 
-    /// Finds the kernel and golden image, or says how to build them.
-    pub fn artifacts(&self) -> Result<Artifacts, RuntimeError> {
-        crate::artifacts::locate(&self.cfg).map_err(RuntimeError::ArtifactsMissing)
+    /// Finds the kernel and golden image for a VM type (any type when
+    /// `None`), or says how to build them.
+    pub fn artifacts(&self, vm_type: Option<VmType>) -> Result<Artifacts, RuntimeError> {
+        crate::artifacts::locate(&self.cfg, vm_type).map_err(RuntimeError::ArtifactsMissing)
     }
 
     fn op_lock(&self, vm_id: &str) -> Arc<tokio::sync::Mutex<()>> {
@@ -104,13 +112,21 @@ impl Runtime {
     fn agent_target(&self, rec: &VmRecord) -> Option<AgentTarget> {
         let raw = std::fs::read(Path::new(&rec.dir).join(AGENT_FILE)).ok()?;
         let cfg: AgentConfig = serde_json::from_slice(&raw).ok()?;
-        Some(AgentTarget { netns: rec.netns.clone(), port: cfg.port, token: cfg.token })
+        Some(AgentTarget {
+            netns: rec.netns.clone(),
+            port: cfg.port,
+            token: cfg.token,
+        })
     }
 
     /// Records a new VM and starts booting it in the background. Returns the
     /// record (status `creating`) at once.
-    pub async fn create(self: &Arc<Self>, user_id: &str, vm_type: VmType) -> Result<VmRecord, RuntimeError> {
-        let artifacts = self.artifacts()?;
+    pub async fn create(
+        self: &Arc<Self>,
+        user_id: &str,
+        vm_type: VmType,
+    ) -> Result<VmRecord, RuntimeError> {
+        let artifacts = self.artifacts(Some(vm_type))?;
         self.store.ensure_user(user_id).await?;
         let vm_id = new_vm_id();
         let size = self.cfg.size(vm_type);
@@ -128,10 +144,15 @@ impl Runtime {
                     vmm: self.vmm.kind().as_str().to_string(),
                     dir: dir.display().to_string(),
                 },
-                |slot| (format!("{prefix}{slot}"), polydev_core::guest::TAP_NAME.to_string()),
+                |slot| {
+                    (
+                        format!("{prefix}{slot}"),
+                        polydev_core::guest::TAP_NAME.to_string(),
+                    )
+                },
             )
             .await?;
-        tracing::info!(vm_id = %rec.vm_id, user_id, vm_type = %vm_type, slot = rec.slot, netns = %rec.netns, "creating VM");
+        tracing::info!(vm_id = %rec.vm_id, user_id, vm_type = %vm_type, slot = rec.slot, netns = %rec.netns, image = %artifacts.image_note, "creating VM");
         let rt = self.clone();
         let r = rec.clone();
         tokio::spawn(async move { rt.boot(r, artifacts).await });
@@ -164,29 +185,53 @@ impl Runtime {
         };
         if let Err(e) = self
             .store
-            .set_vm_pid(&rec.vm_id, proc_.pid as i64, proc_.socket_path.as_ref().map(|p| p.to_string_lossy()).as_deref())
+            .set_vm_pid(
+                &rec.vm_id,
+                proc_.pid as i64,
+                proc_
+                    .socket_path
+                    .as_ref()
+                    .map(|p| p.to_string_lossy())
+                    .as_deref(),
+            )
             .await
         {
             tracing::error!(vm_id = %rec.vm_id, error = %e, "recording VMM pid");
         }
-        self.procs.lock().unwrap_or_else(|e| e.into_inner()).insert(rec.vm_id.clone(), proc_);
+        self.procs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(rec.vm_id.clone(), proc_);
         drop(guard);
         let deadline = started + self.cfg.boot_timeout;
         self.await_ready(rec, deadline).await;
     }
 
     /// Makes the VM's directory, state disk and network, then starts the VMM.
-    fn prepare_and_start(&self, rec: &VmRecord, artifacts: &Artifacts) -> Result<VmmProcess, String> {
+    fn prepare_and_start(
+        &self,
+        rec: &VmRecord,
+        artifacts: &Artifacts,
+    ) -> Result<VmmProcess, String> {
         let dir = PathBuf::from(&rec.dir);
         std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-        let agent = AgentConfig { vm_id: rec.vm_id.clone(), token: new_token(), port: AGENT_PORT };
+        let agent = AgentConfig {
+            vm_id: rec.vm_id.clone(),
+            token: new_token(),
+            port: AGENT_PORT,
+        };
         let agent_json = serde_json::to_vec_pretty(&agent).expect("serialisable");
         write_private(&dir.join(AGENT_FILE), &agent_json)
             .map_err(|e| format!("writing the agent configuration: {e}"))?;
         let state = dir.join(STATE_DISK);
-        polydev_image::state_disk::make_state_disk(&state, self.cfg.state_disk_mb, &[(AGENT_CONFIG_REL, &agent_json, 0o600)])
-            .map_err(|e| format!("making the state disk: {e}"))?;
-        polydev_net::setup_vm_network(&rec.netns).map_err(|e| format!("setting up the VM network: {e}"))?;
+        polydev_image::state_disk::make_state_disk(
+            &state,
+            self.cfg.state_disk_mb,
+            &[(AGENT_CONFIG_REL, &agent_json, 0o600)],
+        )
+        .map_err(|e| format!("making the state disk: {e}"))?;
+        polydev_net::setup_vm_network(&rec.netns)
+            .map_err(|e| format!("setting up the VM network: {e}"))?;
         let spec = VmSpec {
             vm_id: rec.vm_id.clone(),
             dir: dir.clone(),
@@ -198,7 +243,9 @@ impl Runtime {
             netns: rec.netns.clone(),
             extra_kernel_args: self.cfg.extra_kernel_args.clone(),
         };
-        self.vmm.start(&spec).map_err(|e| format!("starting the VMM: {e}"))
+        self.vmm
+            .start(&spec)
+            .map_err(|e| format!("starting the VMM: {e}"))
     }
 
     /// Waits for the agent's readiness announcement and a first
@@ -208,20 +255,40 @@ impl Runtime {
         let marker = rec.dir.clone();
         let timeout_secs = self.cfg.boot_timeout.as_secs();
         loop {
-            let text = std::fs::read(&console_path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+            let text = std::fs::read(&console_path)
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .unwrap_or_default();
             let progress = console::scan(&text);
             if let Some(ready) = &progress.ready {
                 match self.health_until(&rec, deadline).await {
                     Ok(()) => {
                         let kernel_ms = progress.init_ms.map(|m| m as i64);
-                        let agent_ms = progress.init_ms.map(|i| ready.uptime_ms.saturating_sub(i) as i64);
-                        match self.store.mark_vm_running(&rec.vm_id, now_ms(), kernel_ms, agent_ms).await {
-                            Ok(true) => tracing::info!(vm_id = %rec.vm_id, create_to_ready_ms = now_ms() - rec.created_at, "VM running"),
-                            Ok(false) => tracing::info!(vm_id = %rec.vm_id, "VM became ready after it was destroyed or failed"),
-                            Err(e) => tracing::error!(vm_id = %rec.vm_id, error = %e, "marking VM running"),
+                        let agent_ms = progress
+                            .init_ms
+                            .map(|i| ready.uptime_ms.saturating_sub(i) as i64);
+                        match self
+                            .store
+                            .mark_vm_running(&rec.vm_id, now_ms(), kernel_ms, agent_ms)
+                            .await
+                        {
+                            Ok(true) => {
+                                tracing::info!(vm_id = %rec.vm_id, create_to_ready_ms = now_ms() - rec.created_at, "VM running")
+                            }
+                            Ok(false) => {
+                                tracing::info!(vm_id = %rec.vm_id, "VM became ready after it was destroyed or failed")
+                            }
+                            Err(e) => {
+                                tracing::error!(vm_id = %rec.vm_id, error = %e, "marking VM running")
+                            }
                         }
                     }
-                    Err(e) => self.fail(&rec, &format!("agent announced readiness but did not answer: {e}")).await,
+                    Err(e) => {
+                        self.fail(
+                            &rec,
+                            &format!("agent announced readiness but did not answer: {e}"),
+                        )
+                        .await
+                    }
                 }
                 return;
             }
@@ -231,14 +298,19 @@ impl Runtime {
                 return;
             }
             let exited = match now.vmm_pid {
-                Some(pid) if !process::is_alive(pid as u32, &marker) => Some(self.exit_text(&rec.vm_id, pid as u32)),
+                Some(pid) if !process::is_alive(pid as u32, &marker) => {
+                    Some(self.exit_text(&rec.vm_id, pid as u32))
+                }
                 _ => None,
             };
             if progress.panic.is_some() || exited.is_some() {
                 // Let the last console bytes land.
                 tokio::time::sleep(Duration::from_millis(100)).await;
-                let text = std::fs::read(&console_path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
-                let reason = console::failure_reason(&console::scan(&text), exited.as_deref(), None);
+                let text = std::fs::read(&console_path)
+                    .map(|b| String::from_utf8_lossy(&b).into_owned())
+                    .unwrap_or_default();
+                let reason =
+                    console::failure_reason(&console::scan(&text), exited.as_deref(), None);
                 self.fail(&rec, &reason).await;
                 return;
             }
@@ -252,7 +324,12 @@ impl Runtime {
     }
 
     fn exit_text(&self, vm_id: &str, pid: u32) -> String {
-        let status = self.procs.lock().unwrap_or_else(|e| e.into_inner()).get(vm_id).and_then(|p| p.exit_status());
+        let status = self
+            .procs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(vm_id)
+            .and_then(|p| p.exit_status());
         match status {
             Some(s) => format!("pid {pid}, {s}"),
             None => format!("pid {pid} is gone"),
@@ -260,12 +337,16 @@ impl Runtime {
     }
 
     async fn health_until(&self, rec: &VmRecord, deadline: Instant) -> Result<(), String> {
-        let target = self.agent_target(rec).ok_or("the VM's agent configuration is missing")?;
+        let target = self
+            .agent_target(rec)
+            .ok_or("the VM's agent configuration is missing")?;
         let mut last = String::new();
         let until = deadline.max(Instant::now() + Duration::from_secs(10));
         while Instant::now() < until {
             match target.get_json("/health", Duration::from_secs(5)).await {
-                Ok(v) if v.get("vmId").and_then(|x| x.as_str()) == Some(rec.vm_id.as_str()) => return Ok(()),
+                Ok(v) if v.get("vmId").and_then(|x| x.as_str()) == Some(rec.vm_id.as_str()) => {
+                    return Ok(())
+                }
                 Ok(v) => last = format!("unexpected health answer {v}"),
                 Err(e) => last = e.to_string(),
             }
@@ -276,8 +357,26 @@ impl Runtime {
 
     /// Asks a running VM's agent for its health.
     pub async fn agent_health(&self, rec: &VmRecord) -> Result<serde_json::Value, String> {
-        let target = self.agent_target(rec).ok_or("the VM's agent configuration is missing")?;
-        target.get_json("/health", Duration::from_secs(5)).await.map_err(|e| e.to_string())
+        self.agent_call(rec, "GET", "/health", None, Duration::from_secs(5))
+            .await
+    }
+
+    /// Any authenticated request to a VM's agent, JSON in and out.
+    pub async fn agent_call(
+        &self,
+        rec: &VmRecord,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+        timeout: Duration,
+    ) -> Result<serde_json::Value, String> {
+        let target = self
+            .agent_target(rec)
+            .ok_or("the VM's agent configuration is missing")?;
+        target
+            .call(method, path, body, timeout)
+            .await
+            .map_err(|e| e.to_string())
     }
 
     /// Marks a VM failed with `reason` and reclaims everything but its logs.
@@ -297,28 +396,46 @@ impl Runtime {
     /// Stops the VMM and removes the namespace, TAP and files (all but the
     /// console and VMM logs when `keep_logs`), then frees the slot.
     async fn reclaim(&self, rec: &VmRecord, keep_logs: bool) -> Result<(), String> {
-        let pid = self.store.get_vm(&rec.vm_id).await.ok().flatten().and_then(|r| r.vmm_pid).or(rec.vmm_pid);
+        let pid = self
+            .store
+            .get_vm(&rec.vm_id)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|r| r.vmm_pid)
+            .or(rec.vmm_pid);
         let dir = PathBuf::from(&rec.dir);
         let netns = rec.netns.clone();
         let marker = rec.dir.clone();
         tokio::task::spawn_blocking(move || -> Result<(), String> {
             if let Some(pid) = pid {
-                process::stop(pid as u32, &marker, Duration::from_secs(3)).map_err(|e| e.to_string())?;
+                process::stop(pid as u32, &marker, Duration::from_secs(3))
+                    .map_err(|e| e.to_string())?;
             }
             polydev_net::teardown_vm_network(&netns).map_err(|e| e.to_string())?;
             remove_vm_files(&dir, keep_logs).map_err(|e| format!("removing {}: {e}", dir.display()))
         })
         .await
         .map_err(|e| e.to_string())??;
-        self.procs.lock().unwrap_or_else(|e| e.into_inner()).remove(&rec.vm_id);
-        self.store.release_slot(&rec.vm_id).await.map_err(|e| e.to_string())?;
+        self.procs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&rec.vm_id);
+        self.store
+            .release_slot(&rec.vm_id)
+            .await
+            .map_err(|e| e.to_string())?;
         Ok(())
     }
 
     /// Destroys a VM: journals the request, stops the VMM, removes the
     /// namespace, TAP and every file, marks it destroyed and frees its slot.
     pub async fn destroy(&self, vm_id: &str) -> Result<VmRecord, RuntimeError> {
-        let rec = self.store.get_vm(vm_id).await?.ok_or_else(|| RuntimeError::NotFound(vm_id.into()))?;
+        let rec = self
+            .store
+            .get_vm(vm_id)
+            .await?
+            .ok_or_else(|| RuntimeError::NotFound(vm_id.into()))?;
         if rec.status == VmStatus::Destroyed {
             return Ok(rec);
         }
@@ -354,7 +471,10 @@ impl Runtime {
             let _ = self.store.complete_cleanup(&task.task_id).await;
         }
         for rec in self.store.list_live_vms().await? {
-            let alive = rec.vmm_pid.map(|p| process::is_alive(p as u32, &rec.dir)).unwrap_or(false);
+            let alive = rec
+                .vmm_pid
+                .map(|p| process::is_alive(p as u32, &rec.dir))
+                .unwrap_or(false);
             match rec.status {
                 VmStatus::Running if alive => match self.agent_health(&rec).await {
                     Ok(_) => {
@@ -362,7 +482,11 @@ impl Runtime {
                         report.adopted.push(rec.vm_id);
                     }
                     Err(e) => {
-                        self.fail(&rec, &format!("agent did not answer after a controller restart: {e}")).await;
+                        self.fail(
+                            &rec,
+                            &format!("agent did not answer after a controller restart: {e}"),
+                        )
+                        .await;
                         report.failed.push(rec.vm_id);
                     }
                 },
@@ -378,7 +502,9 @@ impl Runtime {
                 }
                 VmStatus::Creating | VmStatus::Running => {
                     let reason = match rec.vmm_pid {
-                        Some(pid) => format!("VMM process (pid {pid}) was gone when the controller started"),
+                        Some(pid) => {
+                            format!("VMM process (pid {pid}) was gone when the controller started")
+                        }
                         None => "the controller stopped before the VMM was started".to_string(),
                     };
                     self.fail(&rec, &reason).await;
@@ -404,9 +530,21 @@ impl Runtime {
         let all = self.store.list_vms(None, true).await?;
         let prefix = self.cfg.netns_prefix();
         let vms_dir = self.cfg.vms_dir();
-        let owned_ns: Vec<String> = live.iter().filter(|r| !r.slot_released).map(|r| r.netns.clone()).collect();
-        let live_dirs: Vec<String> = live.iter().filter(|r| !r.status.is_terminal()).map(|r| r.dir.clone()).collect();
-        let known_dirs: Vec<String> = all.iter().filter(|r| r.status != VmStatus::Destroyed).map(|r| r.dir.clone()).collect();
+        let owned_ns: Vec<String> = live
+            .iter()
+            .filter(|r| !r.slot_released)
+            .map(|r| r.netns.clone())
+            .collect();
+        let live_dirs: Vec<String> = live
+            .iter()
+            .filter(|r| !r.status.is_terminal())
+            .map(|r| r.dir.clone())
+            .collect();
+        let known_dirs: Vec<String> = all
+            .iter()
+            .filter(|r| r.status != VmStatus::Destroyed)
+            .map(|r| r.dir.clone())
+            .collect();
         tokio::task::spawn_blocking(move || {
             let mut removed = Vec::new();
             let marker = format!("{}/", vms_dir.display());
@@ -481,7 +619,12 @@ fn remove_vm_files(dir: &Path, keep_logs: bool) -> std::io::Result<()> {
 fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
     f.write_all(data)
 }
 

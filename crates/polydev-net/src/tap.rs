@@ -6,7 +6,6 @@ use std::os::fd::AsRawFd;
 
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 const TUNSETPERSIST: libc::c_ulong = 0x4004_54cb;
-const TUNGETIFF: libc::c_ulong = 0x8004_54d2;
 const IFF_TAP: libc::c_short = 0x0002;
 const IFF_NO_PI: libc::c_short = 0x1000;
 const IFF_VNET_HDR: libc::c_short = 0x4000;
@@ -72,43 +71,35 @@ pub fn create_persistent(ns: &str, name: &str) -> Result<()> {
     })
 }
 
-/// Reads the flags of an existing TAP in namespace `ns` by attaching to it.
-/// Used by tests and `doctor` to prove `IFF_VNET_HDR` is set.
-pub fn flags(ns: &str, name: &str) -> Result<libc::c_short> {
-    let name = name.to_string();
-    netns::run_in(ns, move || {
-        let tun = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open("/dev/net/tun")
-            .map_err(|e| NetError::Sys {
-                what: "opening /dev/net/tun".into(),
-                source: e,
-            })?;
-        let mut req = IfReq::new(&name, TAP_FLAGS)?;
-        // SAFETY: as in `create_persistent`.
-        if unsafe { libc::ioctl(tun.as_raw_fd(), TUNSETIFF, &mut req) } < 0 {
-            return Err(sys(format!("attaching to TAP {name}")));
-        }
-        let mut out = IfReq::new(&name, 0)?;
-        // SAFETY: `out` is a valid `struct ifreq` the kernel fills in.
-        if unsafe { libc::ioctl(tun.as_raw_fd(), TUNGETIFF, &mut out) } < 0 {
-            return Err(sys(format!("TUNGETIFF {name}")));
-        }
-        Ok(out.flags)
+/// What the kernel reports about an existing TAP (from `ip -d link show`,
+/// which works while a VMM holds the device, unlike re-attaching to it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TapInfo {
+    /// `IFF_VNET_HDR` is set.
+    pub vnet_hdr: bool,
+    /// The device outlives its file descriptors.
+    pub persist: bool,
+    /// It is a TAP (layer 2), not a TUN.
+    pub is_tap: bool,
+}
+
+/// Reads a TAP's flags in namespace `ns`.
+pub fn info(ns: &str, name: &str) -> Result<TapInfo> {
+    let out = crate::cmd::ip(&["-n", ns, "-d", "link", "show", "dev", name])?;
+    let has = |w: &str| {
+        out.split_whitespace()
+            .collect::<Vec<_>>()
+            .windows(2)
+            .any(|p| p[0] == w && p[1] == "on")
+    };
+    Ok(TapInfo {
+        vnet_hdr: has("vnet_hdr"),
+        persist: has("persist"),
+        is_tap: out.contains("tun type tap"),
     })
 }
 
-/// True if `name` exists in namespace `ns`.
+/// True if a device `name` exists in namespace `ns`.
 pub fn exists(ns: &str, name: &str) -> bool {
-    let name = name.to_string();
-    netns::run_in(ns, move || {
-        Ok(std::path::Path::new("/sys/class/net").join(&name).exists())
-    })
-    .unwrap_or(false)
-}
-
-/// True if the flags include `IFF_VNET_HDR`.
-pub fn has_vnet_hdr(flags: libc::c_short) -> bool {
-    flags & IFF_VNET_HDR != 0
+    crate::netns::exists(ns) && crate::cmd::ip(&["-n", ns, "link", "show", "dev", name]).is_ok()
 }

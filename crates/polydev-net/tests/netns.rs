@@ -18,8 +18,17 @@ fn vm_network_has_vnet_hdr_tap_and_is_removed() {
     let _g = Guard(ns.clone());
     setup_vm_network(&ns).expect("setup");
     assert!(netns::exists(&ns));
-    let flags = tap::flags(&ns, "tap0").expect("tap flags");
-    assert!(tap::has_vnet_hdr(flags), "IFF_VNET_HDR missing: {flags:#x}");
+    let info = tap::info(&ns, "tap0").expect("tap info");
+    assert_eq!(
+        info,
+        tap::TapInfo {
+            vnet_hdr: true,
+            persist: true,
+            is_tap: true
+        }
+    );
+    assert!(tap::exists(&ns, "tap0"));
+    assert!(!tap::exists(&ns, "tap1"));
     // Setting up again over a stale namespace replaces it.
     setup_vm_network(&ns).expect("setup over stale");
     teardown_vm_network(&ns).expect("teardown");

@@ -16,6 +16,7 @@
 
 pub mod api_keys;
 pub mod cleanup;
+pub mod credentials;
 pub mod error;
 pub mod url;
 pub mod vms;
@@ -32,6 +33,7 @@ use sqlx::{AnyPool, ConnectOptions, Connection, Row};
 
 pub use api_keys::ApiKey;
 pub use cleanup::{CleanupStatus, CleanupTask};
+pub use credentials::{CredentialRow, SealedParts};
 pub use error::{Result, StoreError};
 pub use url::redact_url;
 pub use vms::{NewVm, VmRecord};

@@ -612,3 +612,48 @@ async fn vm_record_serializes_camel_case() {
     assert_eq!(json["tapDevice"], "pdtap0");
     assert!(json["vmmPid"].is_null());
 }
+
+both!(credential_upsert_replace_and_reseal);
+async fn credential_upsert_replace_and_reseal(db: &TestDb) {
+    use polydev_store::SealedParts;
+    let s = &db.store;
+    let parts = |data: &'static [u8], key: &'static str| SealedParts {
+        encrypted_data: data,
+        iv: &[1; 12],
+        tag: &[2; 16],
+        salt: &[3; 16],
+        key_id: key,
+    };
+    assert!(s.get_credential("u1", "codex").await.unwrap().is_none());
+    s.upsert_credential("u1", "codex", &parts(b"first", "mk_a"))
+        .await
+        .unwrap();
+    s.upsert_credential("u1", "codex", &parts(b"second", "mk_a"))
+        .await
+        .unwrap();
+    s.upsert_credential("u1", "claude_code", &parts(b"other", "mk_a"))
+        .await
+        .unwrap();
+    let row = s.get_credential("u1", "codex").await.unwrap().unwrap();
+    assert_eq!(row.encrypted_data, b"second");
+    assert_eq!(row.iv, vec![1; 12]);
+    assert!(row.is_valid);
+    assert_eq!(s.list_credentials(Some("u1")).await.unwrap().len(), 2);
+    assert_eq!(s.list_credentials(Some("u2")).await.unwrap().len(), 0);
+    // Reseal is compare-and-set on the key id.
+    assert!(!s
+        .reseal_credential("u1", "codex", "mk_wrong", &parts(b"x", "mk_b"))
+        .await
+        .unwrap());
+    assert!(s
+        .reseal_credential("u1", "codex", "mk_a", &parts(b"third", "mk_b"))
+        .await
+        .unwrap());
+    let row = s.get_credential("u1", "codex").await.unwrap().unwrap();
+    assert_eq!(
+        (row.encrypted_data.as_slice(), row.key_id.as_str()),
+        (&b"third"[..], "mk_b")
+    );
+    assert!(s.delete_credential("u1", "codex").await.unwrap());
+    assert!(!s.delete_credential("u1", "codex").await.unwrap());
+}

@@ -40,6 +40,11 @@ enum Command {
         #[command(subcommand)]
         command: cmd::apikey::ApikeyCommand,
     },
+    /// Credential vault master keys: keygen, rotate, status.
+    Vault {
+        #[command(subcommand)]
+        command: cmd::vault::VaultCommand,
+    },
     /// Check this host: which VMM and acceleration will be used and why.
     Doctor(cmd::common::Common),
     /// Measure VM create-to-ready times (prints figures, asserts nothing).
@@ -49,7 +54,10 @@ enum Command {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     cmd::common::init_logging();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
     let result = rt.block_on(async move {
         match cli.command {
             Command::Serve(a) => cmd::serve::run(a).await,
@@ -57,6 +65,7 @@ fn main() -> std::process::ExitCode {
             Command::Image { command } => cmd::image::image(command).await,
             Command::Vm { command } => cmd::vm::run(command).await,
             Command::Apikey { command } => cmd::apikey::run(command).await,
+            Command::Vault { command } => cmd::vault::run(command).await,
             Command::Doctor(c) => cmd::doctor::run(c).await,
             Command::Bench(a) => cmd::bench::run(a).await,
         }

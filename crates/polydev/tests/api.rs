@@ -7,17 +7,30 @@ use common::Controller;
 fn assert_error(status: u16, body: &serde_json::Value, want_status: u16, want_code: &str) {
     assert_eq!(status, want_status, "{body}");
     assert_eq!(body["error"]["code"], want_code, "{body}");
-    assert!(body["error"]["message"].as_str().map(|m| !m.is_empty()).unwrap_or(false), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .map(|m| !m.is_empty())
+            .unwrap_or(false),
+        "{body}"
+    );
 }
 
 #[test]
 fn health_is_open_and_says_which_vmm_and_why() {
     let c = Controller::start(&[("POLYDEV_ACCEL", "tcg")]);
-    let v: serde_json::Value = ureq::get(&c.url("/health")).call().unwrap().into_json().unwrap();
+    let v: serde_json::Value = ureq::get(&c.url("/health"))
+        .call()
+        .unwrap()
+        .into_json()
+        .unwrap();
     assert_eq!(v["status"], "ok");
     assert_eq!(v["vmm"]["kind"], "qemu");
     assert_eq!(v["vmm"]["accel"], "tcg");
-    assert!(v["vmm"]["reason"].as_str().unwrap().contains("forced"), "{v}");
+    assert!(
+        v["vmm"]["reason"].as_str().unwrap().contains("forced"),
+        "{v}"
+    );
     assert_eq!(v["store"], "sqlite");
     assert!(v["version"].is_string());
 }
@@ -25,17 +38,33 @@ fn health_is_open_and_says_which_vmm_and_why() {
 #[test]
 fn every_api_route_needs_a_valid_key() {
     let c = Controller::start(&[("POLYDEV_ACCEL", "tcg")]);
-    for (method, path) in [("GET", "/api/vms"), ("POST", "/api/vms"), ("GET", "/api/vms/x"), ("DELETE", "/api/vms/x")] {
+    for (method, path) in [
+        ("GET", "/api/vms"),
+        ("POST", "/api/vms"),
+        ("GET", "/api/vms/x"),
+        ("DELETE", "/api/vms/x"),
+    ] {
         let r = ureq::request(method, &c.url(path)).call();
-        let Err(ureq::Error::Status(st, resp)) = r else { panic!("{method} {path} without a key succeeded") };
+        let Err(ureq::Error::Status(st, resp)) = r else {
+            panic!("{method} {path} without a key succeeded")
+        };
         let body: serde_json::Value = resp.into_json().unwrap();
         assert_error(st, &body, 401, "unauthorized");
-        let r = ureq::request(method, &c.url(path)).set("Authorization", "Bearer pdk_wrong").call();
-        let Err(ureq::Error::Status(st, _)) = r else { panic!("{method} {path} with a wrong key succeeded") };
+        let r = ureq::request(method, &c.url(path))
+            .set("Authorization", "Bearer pdk_wrong")
+            .call();
+        let Err(ureq::Error::Status(st, _)) = r else {
+            panic!("{method} {path} with a wrong key succeeded")
+        };
         assert_eq!(st, 401);
     }
     // A revoked key stops working.
-    let id = c.cli(&["apikey", "ls"]).split('\t').next().unwrap().to_string();
+    let id = c
+        .cli(&["apikey", "ls"])
+        .split('\t')
+        .next()
+        .unwrap()
+        .to_string();
     assert_eq!(c.call("GET", "/api/vms", None).0, 200);
     c.cli(&["apikey", "revoke", &id]);
     assert_eq!(c.call("GET", "/api/vms", None).0, 401);
@@ -46,12 +75,19 @@ fn bad_input_gets_a_json_4xx_and_leaves_nothing_behind() {
     let c = Controller::start(&[("POLYDEV_ACCEL", "tcg"), ("POLYDEV_MAX_BODY_BYTES", "1024")]);
     let (st, b) = c.call("POST", "/api/vms", Some(r#"{"type":"vnc","userId":"u1"}"#));
     assert_error(st, &b, 422, "invalid_vm_type");
-    assert!(b["error"]["message"].as_str().unwrap().contains("browser"), "{b}");
+    assert!(
+        b["error"]["message"].as_str().unwrap().contains("browser"),
+        "{b}"
+    );
     let (st, b) = c.call("POST", "/api/vms", Some(r#"{"type":"cli","userId":"#));
     assert_error(st, &b, 400, "malformed_json");
     let (st, b) = c.call("POST", "/api/vms", Some(r#"{"type":"cli"}"#));
     assert_error(st, &b, 422, "invalid_body");
-    let (st, b) = c.call("POST", "/api/vms", Some(r#"{"type":"cli","userId":"../etc"}"#));
+    let (st, b) = c.call(
+        "POST",
+        "/api/vms",
+        Some(r#"{"type":"cli","userId":"../etc"}"#),
+    );
     assert_error(st, &b, 422, "invalid_user_id");
     let big = format!(r#"{{"type":"cli","userId":"{}"}}"#, "a".repeat(4096));
     let (st, b) = c.call("POST", "/api/vms", Some(&big));
@@ -81,7 +117,13 @@ fn missing_artifacts_are_a_clear_503() {
     ]);
     let (st, b) = c.call("POST", "/api/vms", Some(r#"{"type":"cli","userId":"u1"}"#));
     assert_error(st, &b, 503, "artifacts_missing");
-    assert!(b["error"]["message"].as_str().unwrap().contains("/nonexistent/vmlinux"), "{b}");
+    assert!(
+        b["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("/nonexistent/vmlinux"),
+        "{b}"
+    );
     let (_, b) = c.call("GET", "/api/vms?all=true", None);
     assert_eq!(b["vms"].as_array().unwrap().len(), 0, "{b}");
 }

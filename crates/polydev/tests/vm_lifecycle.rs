@@ -12,9 +12,18 @@ use std::time::Duration;
 const BOOT: Duration = Duration::from_secs(420);
 
 fn assert_gone(c: &Controller, id: &str, netns: &str) {
-    assert!(processes_mentioning(&format!("{}/", c.vm_dir(id).display())).is_empty(), "VMM of {id} still running");
-    assert!(!polydev_net::netns::exists(netns), "namespace {netns} still exists");
-    assert!(!polydev_net::tap::exists(netns, "tap0"), "TAP of {id} still exists");
+    assert!(
+        processes_mentioning(&format!("{}/", c.vm_dir(id).display())).is_empty(),
+        "VMM of {id} still running"
+    );
+    assert!(
+        !polydev_net::netns::exists(netns),
+        "namespace {netns} still exists"
+    );
+    assert!(
+        !polydev_net::tap::exists(netns, "tap0"),
+        "TAP of {id} still exists"
+    );
 }
 
 #[test]
@@ -22,7 +31,12 @@ fn vm_boots_agent_answers_and_destroy_leaves_nothing() {
     let c = Controller::start(&[]);
     let id = c.create_vm("cli", "alice");
     let v = c.wait_settled(&id, BOOT);
-    assert_eq!(v["status"], "running", "VM failed: {v}\nconsole:\n{}", c.call("GET", &format!("/api/vms/{id}/console"), None).1);
+    assert_eq!(
+        v["status"],
+        "running",
+        "VM failed: {v}\nconsole:\n{}",
+        c.call("GET", &format!("/api/vms/{id}/console"), None).1
+    );
     assert_eq!(v["userId"], "alice");
     assert_eq!(v["type"], "cli");
     let netns = v["netns"].as_str().unwrap().to_string();
@@ -34,8 +48,14 @@ fn vm_boots_agent_answers_and_destroy_leaves_nothing() {
     let (st, console) = c.call("GET", &format!("/api/vms/{id}/console"), None);
     assert_eq!(st, 200);
     let console = console.as_str().unwrap().to_string();
-    assert!(console.contains("Linux version"), "console lacks the kernel banner");
-    assert!(console.contains("POLYDEV-AGENT-READY"), "console lacks the readiness line");
+    assert!(
+        console.contains("Linux version"),
+        "console lacks the kernel banner"
+    );
+    assert!(
+        console.contains("POLYDEV-AGENT-READY"),
+        "console lacks the readiness line"
+    );
 
     // The agent answers inside the VM's namespace, with its token only.
     let token = token_of(&c, &id);
@@ -45,8 +65,8 @@ fn vm_boots_agent_answers_and_destroy_leaves_nothing() {
     let (code, _) = agent_health(&netns, "not-the-token");
     assert_eq!(code, 401);
     // The TAP was created with IFF_VNET_HDR.
-    let flags = polydev_net::tap::flags(&netns, "tap0").unwrap();
-    assert!(polydev_net::tap::has_vnet_hdr(flags));
+    let tap = polydev_net::tap::info(&netns, "tap0").unwrap();
+    assert!(tap.vnet_hdr && tap.is_tap, "{tap:?}");
 
     // Listing shows it.
     let (_, list) = c.call("GET", "/api/vms?userId=alice", None);
@@ -66,7 +86,10 @@ fn vm_boots_agent_answers_and_destroy_leaves_nothing() {
 fn vm_whose_agent_never_starts_fails_with_a_reason_and_keeps_its_log() {
     // systemd boots, but is told not to start the agent.
     let c = Controller::start(&[
-        ("POLYDEV_EXTRA_KERNEL_ARGS", "systemd.mask=polydev-agent.service"),
+        (
+            "POLYDEV_EXTRA_KERNEL_ARGS",
+            "systemd.mask=polydev-agent.service",
+        ),
         ("POLYDEV_BOOT_TIMEOUT_SECS", "150"),
     ]);
     let id = c.create_vm("browser", "bob");
@@ -81,7 +104,10 @@ fn vm_whose_agent_never_starts_fails_with_a_reason_and_keeps_its_log() {
     assert_eq!(st, 200);
     assert!(console.as_str().unwrap().contains("Linux version"));
     assert!(c.vm_dir(&id).join("console.log").exists());
-    assert!(!c.vm_dir(&id).join("state.ext4").exists(), "state disk of a failed VM kept");
+    assert!(
+        !c.vm_dir(&id).join("state.ext4").exists(),
+        "state disk of a failed VM kept"
+    );
     // Removing a failed VM removes its log too.
     assert_eq!(c.call("DELETE", &format!("/api/vms/{id}"), None).0, 200);
     assert!(!c.vm_dir(&id).exists());
@@ -108,26 +134,42 @@ fn restarted_controller_readopts_live_vms_and_reclaims_dead_ones() {
     let vb = c.wait_settled(&b, BOOT);
     assert_eq!(va["status"], "running", "{va}");
     assert_eq!(vb["status"], "running", "{vb}");
-    let (ns_a, ns_b) = (va["netns"].as_str().unwrap().to_string(), vb["netns"].as_str().unwrap().to_string());
+    let (ns_a, ns_b) = (
+        va["netns"].as_str().unwrap().to_string(),
+        vb["netns"].as_str().unwrap().to_string(),
+    );
 
     // The controller dies hard; then B's VMM dies too while nobody watches.
     c.kill();
     let pid_b = vb["vmmPid"].as_i64().unwrap();
-    assert!(std::process::Command::new("kill").args(["-9", &pid_b.to_string()]).status().unwrap().success());
+    assert!(std::process::Command::new("kill")
+        .args(["-9", &pid_b.to_string()])
+        .status()
+        .unwrap()
+        .success());
     std::thread::sleep(Duration::from_millis(300));
     c.spawn();
 
     let va2 = c.vm(&a);
     assert_eq!(va2["status"], "running", "{va2}");
-    assert_eq!(va2["vmmPid"], va["vmmPid"], "A was restarted instead of re-adopted");
+    assert_eq!(
+        va2["vmmPid"], va["vmmPid"],
+        "A was restarted instead of re-adopted"
+    );
     let (code, body) = agent_health(&ns_a, &token_of(&c, &a));
     assert_eq!(code, 200, "{body}");
 
     let vb2 = c.vm(&b);
     assert_eq!(vb2["status"], "failed", "{vb2}");
-    assert!(vb2["failureReason"].as_str().unwrap().contains("gone"), "{vb2}");
+    assert!(
+        vb2["failureReason"].as_str().unwrap().contains("gone"),
+        "{vb2}"
+    );
     assert_gone(&c, &b, &ns_b);
-    assert!(c.vm_dir(&b).join("console.log").exists(), "B's console log was not kept");
+    assert!(
+        c.vm_dir(&b).join("console.log").exists(),
+        "B's console log was not kept"
+    );
 
     // A still works normally after the restart: destroy it.
     assert_eq!(c.call("DELETE", &format!("/api/vms/{a}"), None).0, 200);

@@ -5,7 +5,12 @@ use std::process::Command;
 
 fn tool_version(bin: &str, arg: &str) -> String {
     match Command::new(bin).arg(arg).output() {
-        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).lines().next().unwrap_or("").trim().to_string(),
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_string(),
         Ok(o) => format!("present but `{bin} {arg}` failed ({})", o.status),
         Err(_) => "NOT FOUND".into(),
     }
@@ -19,11 +24,32 @@ pub async fn run(common: Common) -> anyhow::Result<()> {
     println!("qemu:          {}", tool_version(&qemu, "--version"));
     println!("firecracker:   driver not in this version; QEMU microvm is used");
     println!("mmdebstrap:    {}", tool_version("mmdebstrap", "--version"));
-    println!("mkfs.ext4:     {}", if Command::new("mkfs.ext4").arg("-V").output().is_ok() { "present" } else { "NOT FOUND" });
+    println!(
+        "mkfs.ext4:     {}",
+        if Command::new("mkfs.ext4").arg("-V").output().is_ok() {
+            "present"
+        } else {
+            "NOT FOUND"
+        }
+    );
     println!("ip (iproute2): {}", tool_version("ip", "-V"));
-    println!("/dev/kvm:      {}", if std::path::Path::new("/dev/kvm").exists() { "present" } else { "absent" });
-    println!("/dev/net/tun:  {}", if std::path::Path::new("/dev/net/tun").exists() { "present" } else { "ABSENT (VM networking will fail)" });
-    let arts = polydev_controller::artifacts::locate(&cfg);
+    println!(
+        "/dev/kvm:      {}",
+        if std::path::Path::new("/dev/kvm").exists() {
+            "present"
+        } else {
+            "absent"
+        }
+    );
+    println!(
+        "/dev/net/tun:  {}",
+        if std::path::Path::new("/dev/net/tun").exists() {
+            "present"
+        } else {
+            "ABSENT (VM networking will fail)"
+        }
+    );
+    let arts = polydev_controller::artifacts::locate(&cfg, None);
     match &arts {
         Ok(a) => {
             println!("kernel:        {}", a.kernel.display());
@@ -36,11 +62,18 @@ pub async fn run(common: Common) -> anyhow::Result<()> {
     let cache = polydev_vmm::accel::cache_path(&cfg.data_dir);
     let force = cfg.accel;
     let q = qemu.clone();
-    let choice = tokio::task::spawn_blocking(move || polydev_vmm::accel::choose(&q, kernel.as_deref(), Some(&cache), force)).await?;
+    let choice = tokio::task::spawn_blocking(move || {
+        polydev_vmm::accel::choose(&q, kernel.as_deref(), Some(&cache), force)
+    })
+    .await?;
     println!("VMM:           qemu microvm with {}", choice.accel.as_str());
     println!("  why:         {}", choice.reason);
     match polydev_controller::open_store(&cfg).await {
-        Ok(s) => println!("store:         {} ({})", s.kind(), polydev_store::redact_url(&cfg.effective_database_url())),
+        Ok(s) => println!(
+            "store:         {} ({})",
+            s.kind(),
+            polydev_store::redact_url(&cfg.effective_database_url())
+        ),
         Err(e) => println!("store:         ERROR {e:#}"),
     }
     Ok(())

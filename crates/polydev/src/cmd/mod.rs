@@ -6,4 +6,5 @@ pub mod common;
 pub mod doctor;
 pub mod image;
 pub mod serve;
+pub mod vault;
 pub mod vm;

@@ -18,18 +18,28 @@ pub struct Controller {
 }
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 impl Controller {
     /// Starts a controller with extra environment variables.
     pub fn start(env: &[(&str, &str)]) -> Controller {
-        let dir = tempfile::Builder::new().prefix("polydev-test-").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("polydev-test-")
+            .tempdir()
+            .unwrap();
         let mut c = Controller {
             dir,
             port: free_port(),
             key: String::new(),
-            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             child: None,
         };
         let out = c.cli(&["apikey", "create", "--name", "test"]);
@@ -63,7 +73,11 @@ impl Controller {
     /// Runs a `polydev` subcommand against this data directory; returns stdout.
     pub fn cli(&self, args: &[&str]) -> String {
         let out = self.command(args).output().unwrap();
-        assert!(out.status.success(), "polydev {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "polydev {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
@@ -89,7 +103,10 @@ impl Controller {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("controller did not answer /health in 60 s; log:\n{}", self.log());
+        panic!(
+            "controller did not answer /health in 60 s; log:\n{}",
+            self.log()
+        );
     }
 
     /// Kills the controller with SIGKILL (VMs keep running).
@@ -110,7 +127,8 @@ impl Controller {
 
     /// A request with the API key; returns (status, JSON body).
     pub fn call(&self, method: &str, path: &str, body: Option<&str>) -> (u16, serde_json::Value) {
-        let req = ureq::request(method, &self.url(path)).set("Authorization", &format!("Bearer {}", self.key));
+        let req = ureq::request(method, &self.url(path))
+            .set("Authorization", &format!("Bearer {}", self.key));
         let r = match body {
             Some(b) => req.set("Content-Type", "application/json").send_string(b),
             None => req.call(),
@@ -122,11 +140,18 @@ impl Controller {
         };
         let status = resp.status();
         let text = resp.into_string().unwrap_or_default();
-        (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)))
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
+        )
     }
 
     pub fn create_vm(&self, vm_type: &str, user: &str) -> String {
-        let (st, v) = self.call("POST", "/api/vms", Some(&format!(r#"{{"type":"{vm_type}","userId":"{user}"}}"#)));
+        let (st, v) = self.call(
+            "POST",
+            "/api/vms",
+            Some(&format!(r#"{{"type":"{vm_type}","userId":"{user}"}}"#)),
+        );
         assert_eq!(st, 202, "create VM: {v}");
         v["vmId"].as_str().unwrap().to_string()
     }
@@ -145,7 +170,11 @@ impl Controller {
             if v["status"] != "creating" {
                 return v;
             }
-            assert!(start.elapsed() < timeout, "VM {id} still creating after {timeout:?}; log:\n{}", self.log());
+            assert!(
+                start.elapsed() < timeout,
+                "VM {id} still creating after {timeout:?}; log:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -158,7 +187,11 @@ impl Controller {
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();
-        h.stdin.take().unwrap().write_all(self.dir.path().to_string_lossy().as_bytes()).unwrap();
+        h.stdin
+            .take()
+            .unwrap()
+            .write_all(self.dir.path().to_string_lossy().as_bytes())
+            .unwrap();
         let out = h.wait_with_output().unwrap();
         format!("pd{}-", &String::from_utf8_lossy(&out.stdout)[..4])
     }
@@ -181,7 +214,11 @@ pub fn processes_mentioning(needle: &str) -> Vec<u32> {
         .filter(|pid| {
             // Ignore zombies.
             std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .map(|s| !s.rsplit_once(')').map(|(_, r)| r.trim_start().starts_with('Z')).unwrap_or(false))
+                .map(|s| {
+                    !s.rsplit_once(')')
+                        .map(|(_, r)| r.trim_start().starts_with('Z'))
+                        .unwrap_or(false)
+                })
                 .unwrap_or(false)
         })
         .collect()
@@ -204,13 +241,24 @@ impl Drop for Controller {
 /// `token`; returns the HTTP status line's code.
 pub fn agent_health(netns: &str, token: &str) -> (u16, String) {
     use std::io::{Read, Write};
-    let addr = format!("{}:{}", polydev_core::guest::GUEST_ADDR, polydev_core::guest::AGENT_PORT).parse().unwrap();
-    let mut s = polydev_net::netns::connect_tcp(netns, addr, Duration::from_secs(5)).expect("connect to agent");
+    let addr = format!(
+        "{}:{}",
+        polydev_core::guest::GUEST_ADDR,
+        polydev_core::guest::AGENT_PORT
+    )
+    .parse()
+    .unwrap();
+    let mut s = polydev_net::netns::connect_tcp(netns, addr, Duration::from_secs(5))
+        .expect("connect to agent");
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     write!(s, "GET /health HTTP/1.1\r\nHost: guest\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n").unwrap();
     let mut out = String::new();
     let _ = s.read_to_string(&mut out);
-    let code = out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let code = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
     (code, out)
 }
 
