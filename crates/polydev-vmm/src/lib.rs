@@ -7,14 +7,28 @@
 //! for every driver and live in [`process`]. [`accel`] decides between KVM
 //! and software emulation by booting a probe guest, and [`console`] reads a
 //! console log to say how far a boot got and, when it failed, why.
+//!
+//! Every driver also pauses, resumes, snapshots and restores a VM through the
+//! same [`Vmm`] trait; a snapshot is a directory of VMM-specific files plus a
+//! [`snapshot::SnapshotMeta`] saying which VMM, version and format wrote it.
+//! [`choice`] picks the VMM for a host, and [`bench`] measures snapshot
+//! restore against a cold boot.
 #![warn(missing_docs)]
 
 pub mod accel;
+pub mod bench;
+pub mod choice;
 pub mod console;
+pub mod firecracker;
 pub mod process;
 pub mod qemu;
+pub mod qmp;
+pub mod snapshot;
 
-use std::path::PathBuf;
+pub use choice::{choose_vmm, VmmChoice};
+pub use snapshot::SnapshotMeta;
+
+use std::path::{Path, PathBuf};
 
 /// Which VMM runs a VM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -32,6 +46,25 @@ impl VmmKind {
         match self {
             VmmKind::Qemu => "qemu",
             VmmKind::Firecracker => "firecracker",
+        }
+    }
+}
+
+impl std::fmt::Display for VmmKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for VmmKind {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<VmmKind, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "qemu" => Ok(VmmKind::Qemu),
+            "firecracker" => Ok(VmmKind::Firecracker),
+            other => Err(format!(
+                "unknown VMM {other:?} (expected firecracker or qemu)"
+            )),
         }
     }
 }
@@ -123,6 +156,44 @@ pub enum VmmError {
         /// What went wrong.
         detail: String,
     },
+    /// The VMM's control socket (QMP, Firecracker API) could not be used.
+    #[error("VMM control socket {path}: {detail}")]
+    Control {
+        /// The socket.
+        path: PathBuf,
+        /// What went wrong.
+        detail: String,
+    },
+    /// The VMM refused or failed a request. For Firecracker `detail` is the
+    /// API's `fault_message`, verbatim; for QEMU the QMP error's `desc`.
+    #[error("{vmm} {request}: {detail}")]
+    Api {
+        /// Which VMM.
+        vmm: VmmKind,
+        /// The request (`PUT /drives/root`, `migrate`).
+        request: String,
+        /// The VMM's own words.
+        detail: String,
+    },
+    /// A snapshot could not be written, read or used.
+    #[error("snapshot {dir}: {detail}")]
+    Snapshot {
+        /// The snapshot directory.
+        dir: PathBuf,
+        /// What went wrong.
+        detail: String,
+    },
+    /// The VMM did not reach a state in time.
+    #[error("{what}: timed out after {secs} s")]
+    Timeout {
+        /// What was awaited.
+        what: String,
+        /// How long.
+        secs: u64,
+    },
+    /// The driver cannot do this (for example a VMM too old for snapshots).
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 /// Result alias for this crate.
@@ -138,4 +209,33 @@ pub trait Vmm: Send + Sync {
     /// A one-line description (binary, version, acceleration) for logs and
     /// `/health`.
     fn describe(&self) -> String;
+    /// The VMM's version, as its binary reports it (`--version`).
+    fn version(&self) -> Result<String>;
+    /// Pauses the guest's vCPUs; the process and its devices stay.
+    fn pause(&self, spec: &VmSpec, p: &process::VmmProcess) -> Result<()>;
+    /// Resumes a paused guest.
+    fn resume(&self, spec: &VmSpec, p: &process::VmmProcess) -> Result<()>;
+    /// Writes a full snapshot (guest memory and device state) of the running
+    /// or paused VM into `dest_dir` (created if missing), with its
+    /// [`SnapshotMeta`] beside the files, and leaves the VM stopped: its VMM
+    /// process has exited when this returns. The VM's disks are not copied;
+    /// they stay consistent because nothing runs until [`Vmm::restore`].
+    fn snapshot(
+        &self,
+        spec: &VmSpec,
+        p: &process::VmmProcess,
+        dest_dir: &Path,
+    ) -> Result<SnapshotMeta>;
+    /// Starts a new VMM process from `snap` inside `spec.netns` (every VM has
+    /// the same TAP name and guest address, so no network change is needed)
+    /// and resumes the guest. Refuses a snapshot written by another VMM kind,
+    /// VMM version or snapshot format.
+    fn restore(&self, spec: &VmSpec, snap: &SnapshotMeta) -> Result<process::VmmProcess>;
+    /// Reclaims what the driver made for `spec` outside the VM's directory
+    /// (a Firecracker jail elsewhere, its cgroup), once its VMM process is
+    /// gone. Nothing for drivers that make nothing.
+    fn cleanup(&self, spec: &VmSpec) -> Result<()> {
+        let _ = spec;
+        Ok(())
+    }
 }

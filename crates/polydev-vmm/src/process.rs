@@ -31,28 +31,49 @@ impl VmmProcess {
 /// stdout and stderr appended to `log`. A thread reaps the child and records
 /// its exit status, so a dead VMM never lingers as a zombie.
 pub fn spawn_in_netns(
-    mut cmd: Command,
+    cmd: Command,
     netns: &str,
     log: &Path,
+    socket_path: Option<std::path::PathBuf>,
+) -> Result<VmmProcess> {
+    spawn_in_netns_split(cmd, netns, log, log, socket_path)
+}
+
+fn open_append(path: &Path, what: &'static str) -> Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| VmmError::File {
+            what,
+            path: path.into(),
+            source: e,
+        })
+}
+
+/// Like [`spawn_in_netns`], with stdout appended to `stdout_log` and stderr
+/// to `stderr_log` (Firecracker writes the guest's serial console to its
+/// stdout).
+pub fn spawn_in_netns_split(
+    mut cmd: Command,
+    netns: &str,
+    stdout_log: &Path,
+    stderr_log: &Path,
     socket_path: Option<std::path::PathBuf>,
 ) -> Result<VmmProcess> {
     use std::os::unix::process::CommandExt;
     let ns = polydev_net::netns::open(netns)?;
     let ns_fd = std::os::fd::AsRawFd::as_raw_fd(&ns);
-    let out = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .map_err(|e| VmmError::File {
+    let out = open_append(stdout_log, "VMM log")?;
+    let err = if stdout_log == stderr_log {
+        out.try_clone().map_err(|e| VmmError::File {
             what: "VMM log",
-            path: log.into(),
+            path: stderr_log.into(),
             source: e,
-        })?;
-    let err = out.try_clone().map_err(|e| VmmError::File {
-        what: "VMM log",
-        path: log.into(),
-        source: e,
-    })?;
+        })?
+    } else {
+        open_append(stderr_log, "VMM log")?
+    };
     let binary = cmd.get_program().to_string_lossy().into_owned();
     cmd.stdin(std::process::Stdio::null())
         .stdout(out)
@@ -154,4 +175,49 @@ pub fn find_by_marker(marker: &str) -> Vec<u32> {
     rd.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
         .filter(|pid| *pid != std::process::id() && is_alive(*pid, marker))
         .collect()
+}
+
+/// The first line a VMM binary prints for `args` (its `--version`), cached
+/// per binary and arguments for the life of the process.
+pub fn binary_version(binary: &Path, args: &[&str]) -> Result<String> {
+    use std::collections::HashMap;
+    static CACHE: Mutex<Option<HashMap<String, String>>> = Mutex::new(None);
+    let key = format!("{} {}", binary.display(), args.join(" "));
+    if let Some(v) = CACHE
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get_or_insert_with(HashMap::new)
+        .get(&key)
+    {
+        return Ok(v.clone());
+    }
+    let out = Command::new(binary)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| VmmError::Spawn {
+            binary: binary.display().to_string(),
+            source: e,
+        })?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().map(str::trim).find(|l| !l.is_empty());
+    match line {
+        Some(l) if out.status.success() => {
+            let v = l.to_string();
+            CACHE
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get_or_insert_with(HashMap::new)
+                .insert(key, v.clone());
+            Ok(v)
+        }
+        _ => Err(VmmError::Spawn {
+            binary: binary.display().to_string(),
+            source: std::io::Error::other(format!(
+                "`{key}` printed no version ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            )),
+        }),
+    }
 }

@@ -3,15 +3,34 @@
 //! disk as the second, a virtio-net device on the namespace's TAP (opened
 //! with `vnet_hdr=on`), virtio-rng, the serial console captured to a file
 //! and a QMP socket for control.
+//!
+//! Pause and resume are QMP `stop` and `cont`. A snapshot stops the guest,
+//! migrates it into a file (`exec:cat > FILE`; QEMU 7.2 has no `file:`
+//! migration URI) and quits; a restore starts QEMU with the same arguments
+//! plus `-incoming 'exec:cat FILE'`, waits for the incoming migration, and
+//! continues the guest. The disks are the VM's own files, untouched while the
+//! VM is stopped.
 
 use crate::accel::Accel;
 use crate::process::{self, VmmProcess};
-use crate::{Result, VmSpec, Vmm, VmmKind};
-use std::path::PathBuf;
+use crate::qmp::Qmp;
+use crate::snapshot::{self, SnapshotMeta, SpecEssentials};
+use crate::{Result, VmSpec, Vmm, VmmError, VmmKind};
+use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 /// File name of the QMP socket inside a VM's directory.
 pub const QMP_SOCKET: &str = "qmp.sock";
+
+/// File name of the migration stream inside a snapshot directory.
+pub const STATE_FILE: &str = "qemu-state.migration";
+
+/// How long QEMU may take to write or read a migration stream.
+pub const MIGRATION_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// How long to wait for QEMU's QMP socket after starting it.
+const QMP_WAIT: Duration = Duration::from_secs(20);
 
 /// The QEMU driver.
 #[derive(Debug, Clone)]
@@ -90,6 +109,72 @@ impl Qemu {
         a.shrink_to_fit();
         a
     }
+
+    /// The argument list that restores `spec` from the migration stream
+    /// `state`: the boot arguments with the console appended to rather than
+    /// truncated, the guest held stopped (`-S`) and `-incoming`.
+    pub fn restore_args(&self, spec: &VmSpec, state: &Path) -> Vec<String> {
+        let mut a = self.args(spec);
+        let console = format!("file:{}", spec.console_path().display());
+        if let Some(i) = a.iter().position(|x| *x == console) {
+            a[i - 1] = "-chardev".into();
+            a[i] = format!(
+                "file,id=serial0,path={},append=on",
+                spec.console_path().display()
+            );
+            a.insert(i + 1, "-serial".into());
+            a.insert(i + 2, "chardev:serial0".into());
+        }
+        a.push("-S".into());
+        a.push("-incoming".into());
+        a.push(format!(
+            "exec:cat {}",
+            shell_quote(&state.display().to_string())
+        ));
+        a
+    }
+
+    /// The snapshot format this driver writes: machine, accelerator and
+    /// migration stream, all of which a restore must match.
+    pub fn snapshot_format(&self) -> String {
+        format!("microvm/{}/qemu-migration-stream", self.accel.as_str())
+    }
+
+    fn qmp(&self, p: &VmmProcess, spec: &VmSpec) -> Result<Qmp> {
+        let path = p
+            .socket_path
+            .clone()
+            .unwrap_or_else(|| spec.dir.join(QMP_SOCKET));
+        Qmp::connect(&path, QMP_WAIT)
+    }
+
+    fn spawn(&self, spec: &VmSpec, args: Vec<String>) -> Result<VmmProcess> {
+        let mut cmd = Command::new(&self.binary);
+        cmd.args(args).current_dir(&spec.dir);
+        process::spawn_in_netns(
+            cmd,
+            &spec.netns,
+            &spec.vmm_log_path(),
+            Some(spec.dir.join(QMP_SOCKET)),
+        )
+    }
+}
+
+/// Quotes `s` for `/bin/sh` (QEMU runs `exec:` migration URIs through it).
+pub fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+/// Waits until process `pid` (matching `marker`) has ended.
+pub(crate) fn wait_gone(pid: u32, marker: &str, timeout: Duration) -> bool {
+    let start = Instant::now();
+    while process::is_alive(pid, marker) {
+        if start.elapsed() > timeout {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    true
 }
 
 /// `qemu-system-x86_64`, or `POLYDEV_QEMU` when set.
@@ -103,14 +188,7 @@ impl Vmm for Qemu {
     }
 
     fn start(&self, spec: &VmSpec) -> Result<VmmProcess> {
-        let mut cmd = Command::new(&self.binary);
-        cmd.args(self.args(spec)).current_dir(&spec.dir);
-        process::spawn_in_netns(
-            cmd,
-            &spec.netns,
-            &spec.vmm_log_path(),
-            Some(spec.dir.join(QMP_SOCKET)),
-        )
+        self.spawn(spec, self.args(spec))
     }
 
     fn describe(&self) -> String {
@@ -119,6 +197,101 @@ impl Vmm for Qemu {
             self.binary.display(),
             self.accel.as_str()
         )
+    }
+
+    fn version(&self) -> Result<String> {
+        process::binary_version(&self.binary, &["--version"])
+    }
+
+    fn pause(&self, spec: &VmSpec, p: &VmmProcess) -> Result<()> {
+        self.qmp(p, spec)?.execute("stop", None).map(drop)
+    }
+
+    fn resume(&self, spec: &VmSpec, p: &VmmProcess) -> Result<()> {
+        self.qmp(p, spec)?.execute("cont", None).map(drop)
+    }
+
+    fn snapshot(&self, spec: &VmSpec, p: &VmmProcess, dest_dir: &Path) -> Result<SnapshotMeta> {
+        let start = Instant::now();
+        let version = self.version()?;
+        snapshot::prepare_dir(dest_dir)?;
+        let state = dest_dir.join(STATE_FILE);
+        let mut q = self.qmp(p, spec)?;
+        // Stopped first, the guest dirties nothing: one pass, and the stream
+        // records `paused`, so the restored QEMU waits for our `cont`.
+        q.execute("stop", None)?;
+        q.execute(
+            "migrate-set-parameters",
+            Some(serde_json::json!({ "max-bandwidth": 1u64 << 40 })),
+        )?;
+        q.execute(
+            "migrate",
+            Some(serde_json::json!({
+                "uri": format!("exec:cat > {}", shell_quote(&state.display().to_string()))
+            })),
+        )?;
+        q.wait_migration(MIGRATION_TIMEOUT)?;
+        // The guest stays stopped: QEMU exits, the snapshot is the VM now.
+        let _ = q.execute("quit", None);
+        drop(q);
+        let marker = spec.dir.display().to_string();
+        if !wait_gone(p.pid, &marker, Duration::from_secs(10)) {
+            process::stop(p.pid, &marker, Duration::from_secs(2))?;
+        }
+        let meta = SnapshotMeta {
+            layout_version: snapshot::LAYOUT_VERSION,
+            vmm: VmmKind::Qemu,
+            vmm_version: version,
+            format: self.snapshot_format(),
+            files: vec![STATE_FILE.into()],
+            created_unix_ms: snapshot::now_unix_ms(),
+            create_ms: start.elapsed().as_millis() as u64,
+            spec: SpecEssentials::of(spec),
+            dir: dest_dir.into(),
+        };
+        meta.write()?;
+        Ok(meta)
+    }
+
+    fn restore(&self, spec: &VmSpec, snap: &SnapshotMeta) -> Result<VmmProcess> {
+        snap.check_compatible(VmmKind::Qemu, &self.version()?, &self.snapshot_format())?;
+        snap.check_spec(spec)?;
+        let p = self.spawn(spec, self.restore_args(spec, &snap.file(STATE_FILE)))?;
+        let marker = spec.dir.display().to_string();
+        let fail = |e: VmmError| {
+            let _ = process::stop(p.pid, &marker, Duration::from_secs(2));
+            e
+        };
+        let mut q = self.qmp(&p, spec).map_err(fail)?;
+        let start = Instant::now();
+        loop {
+            let st = q.status().map_err(fail)?;
+            match st.as_str() {
+                // Still reading the stream.
+                "inmigrate" => {
+                    if start.elapsed() > MIGRATION_TIMEOUT {
+                        return Err(fail(VmmError::Timeout {
+                            what: format!("QEMU loading {}", snap.dir.display()),
+                            secs: MIGRATION_TIMEOUT.as_secs(),
+                        }));
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                "paused" | "postmigrate" | "prelaunch" => {
+                    q.execute("cont", None).map_err(fail)?;
+                    break;
+                }
+                "running" => break,
+                other => {
+                    let err = VmmError::Snapshot {
+                        dir: snap.dir.clone(),
+                        detail: format!("QEMU is {other} after loading the snapshot"),
+                    };
+                    return Err(fail(err));
+                }
+            }
+        }
+        Ok(p)
     }
 }
 
