@@ -18,6 +18,8 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .route("/api/vms", get(list_vms).post(create_vm))
         .route("/api/vms/{id}", get(get_vm).delete(delete_vm))
         .route("/api/vms/{id}/console", get(console))
+        .route("/api/vms/{id}/hibernate", axum::routing::post(hibernate))
+        .route("/api/vms/{id}/resume", axum::routing::post(resume))
         .route_layer(axum::middleware::from_fn_with_state(
             state,
             crate::auth::require_api_key,
@@ -33,8 +35,9 @@ pub async fn health(State(s): State<AppState>) -> Json<serde_json::Value> {
         "version": env!("CARGO_PKG_VERSION"),
         "vmm": {
             "kind": rt.vmm().kind().as_str(),
+            "reason": rt.vmm_reason(),
             "accel": rt.accel().accel.as_str(),
-            "reason": rt.accel().reason,
+            "accelReason": rt.accel().reason,
             "description": rt.vmm().describe(),
         },
         "store": rt.store().kind().to_string(),
@@ -91,6 +94,8 @@ fn runtime_error(e: RuntimeError) -> ApiError {
         }
         RuntimeError::NotFound(id) => ApiError::not_found(format!("no VM with id {id}")),
         RuntimeError::Store(e) => ApiError::internal(e),
+        RuntimeError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
+        RuntimeError::Vmm(m) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "vmm_error", m),
     }
 }
 
@@ -200,6 +205,22 @@ async fn delete_vm(
     Ok(Json(
         serde_json::json!({"vmId": rec.vm_id, "status": rec.status}),
     ))
+}
+
+async fn hibernate(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let rec = s.runtime.hibernate(&id).await.map_err(runtime_error)?;
+    Ok(Json(vm_json(&rec)))
+}
+
+async fn resume(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let rec = s.runtime.resume(&id).await.map_err(runtime_error)?;
+    Ok(Json(vm_json(&rec)))
 }
 
 /// Fallback for unknown routes.

@@ -33,6 +33,8 @@ pub struct Config {
     pub rootfs: Option<PathBuf>,
     /// Force KVM or TCG instead of probing.
     pub accel: Option<Accel>,
+    /// Force a VMM instead of choosing (Firecracker when usable, else QEMU).
+    pub vmm: Option<polydev_vmm::VmmKind>,
     /// How long a VM may take to announce readiness.
     pub boot_timeout: Duration,
     /// Size of browser VMs.
@@ -58,6 +60,7 @@ impl Config {
             kernel: None,
             rootfs: None,
             accel: None,
+            vmm: None,
             boot_timeout: Duration::from_secs(180),
             browser_size: VmSize {
                 vcpus: 2,

@@ -47,17 +47,28 @@ pub async fn build_runtime(cfg: Config) -> anyhow::Result<Arc<runtime::Runtime>>
         })
         .await?
     };
-    tracing::info!(vmm = "qemu", accel = choice.accel.as_str(), reason = %choice.reason, "VMM chosen");
-    let driver = polydev_vmm::qemu::Qemu {
-        binary: qemu.into(),
-        accel: choice.accel,
+    let vmm_choice =
+        polydev_vmm::choice::choose_vmm(cfg.vmm, polydev_vmm::firecracker::find_binary(), &choice);
+    tracing::info!(vmm = %vmm_choice.kind, reason = %vmm_choice.reason, accel = choice.accel.as_str(), accel_reason = %choice.reason, "VMM chosen");
+    let driver: Arc<dyn polydev_vmm::Vmm> = match (vmm_choice.kind, &vmm_choice.firecracker) {
+        (polydev_vmm::VmmKind::Firecracker, Some(bin)) => {
+            Arc::new(polydev_vmm::firecracker::Firecracker::new(bin.clone()))
+        }
+        (polydev_vmm::VmmKind::Firecracker, None) => {
+            anyhow::bail!("the Firecracker VMM was forced but {}", vmm_choice.reason)
+        }
+        (polydev_vmm::VmmKind::Qemu, _) => Arc::new(polydev_vmm::qemu::Qemu {
+            binary: qemu.into(),
+            accel: choice.accel,
+        }),
     };
     std::fs::create_dir_all(cfg.vms_dir())?;
     Ok(runtime::Runtime::new(
         store,
         Arc::new(cfg),
-        Arc::new(driver),
+        driver,
         choice,
+        vmm_choice.reason,
     ))
 }
 

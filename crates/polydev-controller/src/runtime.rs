@@ -41,7 +41,28 @@ pub enum RuntimeError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] polydev_store::StoreError),
+    /// The VM is not in a state that allows the operation.
+    #[error("{0}")]
+    Conflict(String),
+    /// The VMM failed the operation.
+    #[error("{0}")]
+    Vmm(String),
 }
+
+/// What the controller remembers of how a VM was started, so that it can be
+/// snapshotted and restored with the same kernel, image and disks even after
+/// newer images were built.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct StoredSpec {
+    kernel: PathBuf,
+    rootfs: PathBuf,
+    extra_kernel_args: Vec<String>,
+}
+
+/// Name of the file in a VM's directory recording how it was started.
+pub const SPEC_FILE: &str = "spec.json";
+/// Directory inside a VM's directory holding its hibernation snapshot.
+pub const SNAPSHOT_DIR: &str = "snapshot";
 
 /// Name of the file in a VM's directory holding its agent configuration
 /// (the token), readable only by the controller.
@@ -55,6 +76,7 @@ pub struct Runtime {
     cfg: Arc<Config>,
     vmm: Arc<dyn Vmm>,
     accel: AccelChoice,
+    vmm_reason: String,
     procs: Mutex<HashMap<String, VmmProcess>>,
     op_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
@@ -66,12 +88,14 @@ impl Runtime {
         cfg: Arc<Config>,
         vmm: Arc<dyn Vmm>,
         accel: AccelChoice,
+        vmm_reason: String,
     ) -> Arc<Runtime> {
         Arc::new(Runtime {
             store,
             cfg,
             vmm,
             accel,
+            vmm_reason,
             procs: Mutex::new(HashMap::new()),
             op_locks: Mutex::new(HashMap::new()),
         })
@@ -88,6 +112,10 @@ impl Runtime {
     /// The VMM driver.
     pub fn vmm(&self) -> &dyn Vmm {
         self.vmm.as_ref()
+    }
+    /// Why this VMM was chosen.
+    pub fn vmm_reason(&self) -> &str {
+        &self.vmm_reason
     }
     /// The acceleration choice and its reason.
     pub fn accel(&self) -> &AccelChoice {
@@ -232,20 +260,172 @@ impl Runtime {
         .map_err(|e| format!("making the state disk: {e}"))?;
         polydev_net::setup_vm_network(&rec.netns)
             .map_err(|e| format!("setting up the VM network: {e}"))?;
-        let spec = VmSpec {
-            vm_id: rec.vm_id.clone(),
-            dir: dir.clone(),
+        let stored = StoredSpec {
             kernel: artifacts.kernel.clone(),
             rootfs: artifacts.rootfs.clone(),
-            state_disk: state,
-            vcpus: rec.vcpu_count as u32,
-            memory_mb: rec.memory_mb as u32,
-            netns: rec.netns.clone(),
             extra_kernel_args: self.cfg.extra_kernel_args.clone(),
         };
+        write_private(
+            &dir.join(SPEC_FILE),
+            &serde_json::to_vec_pretty(&stored).expect("serialisable"),
+        )
+        .map_err(|e| format!("writing the VM spec: {e}"))?;
+        let spec = self.spec_of(rec)?;
+        debug_assert_eq!(spec.state_disk, state);
         self.vmm
             .start(&spec)
             .map_err(|e| format!("starting the VMM: {e}"))
+    }
+
+    /// The VMM spec of a recorded VM, from its record and its `spec.json`.
+    fn spec_of(&self, rec: &VmRecord) -> Result<VmSpec, String> {
+        let dir = PathBuf::from(&rec.dir);
+        let raw = std::fs::read(dir.join(SPEC_FILE))
+            .map_err(|e| format!("reading {SPEC_FILE} of {}: {e}", rec.vm_id))?;
+        let stored: StoredSpec = serde_json::from_slice(&raw)
+            .map_err(|e| format!("parsing {SPEC_FILE} of {}: {e}", rec.vm_id))?;
+        Ok(VmSpec {
+            vm_id: rec.vm_id.clone(),
+            dir: dir.clone(),
+            kernel: stored.kernel,
+            rootfs: stored.rootfs,
+            state_disk: dir.join(STATE_DISK),
+            vcpus: rec.vcpu_count as u32,
+            memory_mb: rec.memory_mb as u32,
+            netns: rec.netns.clone(),
+            extra_kernel_args: stored.extra_kernel_args,
+        })
+    }
+
+    /// The VMM process of a VM: our child, or a re-adopted process found by
+    /// its recorded pid and command line.
+    fn process_of(&self, rec: &VmRecord) -> Option<VmmProcess> {
+        if let Some(p) = self
+            .procs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&rec.vm_id)
+        {
+            return Some(p.clone());
+        }
+        let pid = rec.vmm_pid? as u32;
+        process::is_alive(pid, &rec.dir).then(|| VmmProcess {
+            pid,
+            socket_path: rec.socket_path.as_ref().map(PathBuf::from),
+            exit: Default::default(),
+        })
+    }
+
+    /// Hibernates a running VM: a full VMM snapshot into its directory, then
+    /// the VMM exits. The namespace and slot stay reserved for the resume.
+    pub async fn hibernate(&self, vm_id: &str) -> Result<VmRecord, RuntimeError> {
+        let lock = self.op_lock(vm_id);
+        let _g = lock.lock().await;
+        let rec = self
+            .store
+            .get_vm(vm_id)
+            .await?
+            .ok_or_else(|| RuntimeError::NotFound(vm_id.into()))?;
+        if rec.status != VmStatus::Running {
+            return Err(RuntimeError::Conflict(format!(
+                "VM {vm_id} is {}; only a running VM can hibernate",
+                rec.status
+            )));
+        }
+        let spec = self.spec_of(&rec).map_err(RuntimeError::Vmm)?;
+        let proc_ = self
+            .process_of(&rec)
+            .ok_or_else(|| RuntimeError::Conflict(format!("VM {vm_id}'s VMM is not running")))?;
+        let vmm = self.vmm.clone();
+        let dest = spec.dir.join(SNAPSHOT_DIR);
+        let started = Instant::now();
+        let meta = tokio::task::spawn_blocking(move || {
+            let _ = std::fs::remove_dir_all(&dest);
+            std::fs::create_dir_all(&dest)
+                .map_err(|e| format!("creating {}: {e}", dest.display()))?;
+            vmm.snapshot(&spec, &proc_, &dest)
+                .map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| RuntimeError::Vmm(e.to_string()))?
+        .map_err(|e| RuntimeError::Vmm(format!("snapshot of {vm_id} failed: {e}")))?;
+        self.procs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(vm_id);
+        self.store.mark_vm_hibernated(vm_id).await?;
+        tracing::info!(
+            vm_id,
+            snapshot_ms = started.elapsed().as_millis() as u64,
+            files = ?meta.files,
+            "VM hibernated"
+        );
+        Ok(self.store.get_vm(vm_id).await?.unwrap_or(rec))
+    }
+
+    /// Resumes a hibernated VM from its snapshot and waits until its agent
+    /// answers again. On failure the VM stays hibernated with its snapshot.
+    pub async fn resume(&self, vm_id: &str) -> Result<VmRecord, RuntimeError> {
+        let lock = self.op_lock(vm_id);
+        let _g = lock.lock().await;
+        let rec = self
+            .store
+            .get_vm(vm_id)
+            .await?
+            .ok_or_else(|| RuntimeError::NotFound(vm_id.into()))?;
+        if rec.status != VmStatus::Hibernated {
+            return Err(RuntimeError::Conflict(format!(
+                "VM {vm_id} is {}; only a hibernated VM can resume",
+                rec.status
+            )));
+        }
+        let spec = self.spec_of(&rec).map_err(RuntimeError::Vmm)?;
+        let vmm = self.vmm.clone();
+        let started = Instant::now();
+        let proc_ = tokio::task::spawn_blocking(move || -> Result<VmmProcess, String> {
+            let meta = polydev_vmm::snapshot::SnapshotMeta::load(&spec.dir.join(SNAPSHOT_DIR))
+                .map_err(|e| e.to_string())?;
+            if !polydev_net::netns::exists(&spec.netns) {
+                polydev_net::setup_vm_network(&spec.netns).map_err(|e| e.to_string())?;
+            }
+            vmm.restore(&spec, &meta).map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| RuntimeError::Vmm(e.to_string()))?
+        .map_err(|e| RuntimeError::Vmm(format!("restore of {vm_id} failed: {e}")))?;
+        let socket = proc_
+            .socket_path
+            .as_ref()
+            .map(|p| p.to_string_lossy().into_owned());
+        self.store
+            .set_vm_pid(vm_id, proc_.pid as i64, socket.as_deref())
+            .await?;
+        self.procs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(vm_id.to_string(), proc_.clone());
+        if let Err(e) = self
+            .health_until(&rec, Instant::now() + Duration::from_secs(60))
+            .await
+        {
+            let marker = rec.dir.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                process::stop(proc_.pid, &marker, Duration::from_secs(3))
+            })
+            .await;
+            return Err(RuntimeError::Vmm(format!(
+                "VM {vm_id} was restored but its agent did not answer: {e}"
+            )));
+        }
+        self.store
+            .mark_vm_running(vm_id, now_ms(), rec.kernel_boot_ms, rec.agent_ready_ms)
+            .await?;
+        tracing::info!(
+            vm_id,
+            resume_ms = started.elapsed().as_millis() as u64,
+            "VM resumed"
+        );
+        Ok(self.store.get_vm(vm_id).await?.unwrap_or(rec))
     }
 
     /// Waits for the agent's readiness announcement and a first
@@ -407,10 +587,15 @@ impl Runtime {
         let dir = PathBuf::from(&rec.dir);
         let netns = rec.netns.clone();
         let marker = rec.dir.clone();
+        let spec = self.spec_of(rec).ok();
+        let vmm = self.vmm.clone();
         tokio::task::spawn_blocking(move || -> Result<(), String> {
             if let Some(pid) = pid {
                 process::stop(pid as u32, &marker, Duration::from_secs(3))
                     .map_err(|e| e.to_string())?;
+            }
+            if let Some(spec) = spec {
+                vmm.cleanup(&spec).map_err(|e| e.to_string())?;
             }
             polydev_net::teardown_vm_network(&netns).map_err(|e| e.to_string())?;
             remove_vm_files(&dir, keep_logs).map_err(|e| format!("removing {}: {e}", dir.display()))

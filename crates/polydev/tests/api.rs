@@ -28,7 +28,11 @@ fn health_is_open_and_says_which_vmm_and_why() {
     assert_eq!(v["vmm"]["kind"], "qemu");
     assert_eq!(v["vmm"]["accel"], "tcg");
     assert!(
-        v["vmm"]["reason"].as_str().unwrap().contains("forced"),
+        v["vmm"]["accelReason"].as_str().unwrap().contains("forced"),
+        "{v}"
+    );
+    assert!(
+        v["vmm"]["reason"].as_str().unwrap().contains("firecracker"),
         "{v}"
     );
     assert_eq!(v["store"], "sqlite");

@@ -175,3 +175,58 @@ fn restarted_controller_readopts_live_vms_and_reclaims_dead_ones() {
     assert_eq!(c.call("DELETE", &format!("/api/vms/{a}"), None).0, 200);
     assert_gone(&c, &a, &ns_a);
 }
+
+#[test]
+fn vm_hibernates_and_resumes_without_rebooting() {
+    let c = Controller::start(&[]);
+    let id = c.create_vm("cli", "frank");
+    let v = c.wait_settled(&id, BOOT);
+    assert_eq!(v["status"], "running", "{v}");
+    let netns = v["netns"].as_str().unwrap().to_string();
+    let token = token_of(&c, &id);
+    let (code, before) = agent_health(&netns, &token);
+    assert_eq!(code, 200, "{before}");
+
+    let (st, h) = c.call("POST", &format!("/api/vms/{id}/hibernate"), None);
+    assert_eq!(st, 200, "{h}");
+    assert_eq!(h["status"], "hibernated");
+    assert!(
+        processes_mentioning(&format!("{}/", c.vm_dir(&id).display())).is_empty(),
+        "VMM still running while hibernated"
+    );
+    assert!(c.vm_dir(&id).join("snapshot/snapshot.json").exists());
+    // Only a running VM hibernates; only a hibernated one resumes.
+    let (st, b) = c.call("POST", &format!("/api/vms/{id}/hibernate"), None);
+    assert_eq!(
+        (st, b["error"]["code"].as_str()),
+        (409, Some("conflict")),
+        "{b}"
+    );
+
+    let (st, r) = c.call("POST", &format!("/api/vms/{id}/resume"), None);
+    assert_eq!(st, 200, "{r}");
+    assert_eq!(r["status"], "running");
+    let (code, after) = agent_health(&netns, &token);
+    assert_eq!(code, 200, "{after}");
+    let uptime = |body: &str| -> u64 {
+        let json = &body[body.find('{').unwrap()..];
+        serde_json::from_str::<serde_json::Value>(json).unwrap()["uptimeMs"]
+            .as_u64()
+            .unwrap()
+    };
+    assert!(
+        uptime(&after) >= uptime(&before),
+        "the guest rebooted: {before} then {after}"
+    );
+    let console = std::fs::read_to_string(c.vm_dir(&id).join("console.log")).unwrap();
+    assert_eq!(
+        console.matches("Linux version").count(),
+        1,
+        "the kernel booted twice"
+    );
+    let (st, b) = c.call("POST", &format!("/api/vms/{id}/resume"), None);
+    assert_eq!(st, 409, "{b}");
+
+    assert_eq!(c.call("DELETE", &format!("/api/vms/{id}"), None).0, 200);
+    assert_gone(&c, &id, &netns);
+}

@@ -26,6 +26,10 @@ pub struct Common {
     /// Acceleration: `auto` probes KVM and falls back to TCG.
     #[arg(long, env = "POLYDEV_ACCEL", default_value = "auto", value_parser = ["auto", "kvm", "tcg"])]
     pub accel: String,
+    /// VMM: `auto` uses Firecracker when its binary exists (POLYDEV_FIRECRACKER
+    /// or PATH) and KVM runs guests, QEMU otherwise.
+    #[arg(long, env = "POLYDEV_VMM", default_value = "auto", value_parser = ["auto", "qemu", "firecracker"])]
+    pub vmm: String,
 }
 
 impl Common {
@@ -41,6 +45,7 @@ impl Common {
             "tcg" => Some(polydev_vmm::accel::Accel::Tcg),
             _ => None,
         };
+        c.vmm = self.vmm.parse().ok();
         c
     }
 }
@@ -49,7 +54,9 @@ fn absolute(p: &std::path::Path) -> PathBuf {
     if p.is_absolute() {
         p.to_path_buf()
     } else {
-        std::env::current_dir().map(|d| d.join(p)).unwrap_or_else(|_| p.to_path_buf())
+        std::env::current_dir()
+            .map(|d| d.join(p))
+            .unwrap_or_else(|_| p.to_path_buf())
     }
 }
 
@@ -58,8 +65,12 @@ fn absolute(p: &std::path::Path) -> PathBuf {
 pub fn init_logging() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let json = std::env::var("POLYDEV_LOG_FORMAT").map(|v| v == "json").unwrap_or(false);
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let json = std::env::var("POLYDEV_LOG_FORMAT")
+        .map(|v| v == "json")
+        .unwrap_or(false);
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if json {
         b.json().init();
     } else {

@@ -22,7 +22,15 @@ pub async fn run(common: Common) -> anyhow::Result<()> {
     let qemu = polydev_vmm::qemu::default_binary();
     println!("polydev {}", env!("CARGO_PKG_VERSION"));
     println!("qemu:          {}", tool_version(&qemu, "--version"));
-    println!("firecracker:   driver not in this version; QEMU microvm is used");
+    let fc = polydev_vmm::firecracker::find_binary();
+    match &fc {
+        Some(p) => println!(
+            "firecracker:   {} ({})",
+            p.display(),
+            tool_version(&p.to_string_lossy(), "--version")
+        ),
+        None => println!("firecracker:   not found (set POLYDEV_FIRECRACKER or put it on PATH)"),
+    }
     println!("mmdebstrap:    {}", tool_version("mmdebstrap", "--version"));
     println!(
         "mkfs.ext4:     {}",
@@ -66,7 +74,10 @@ pub async fn run(common: Common) -> anyhow::Result<()> {
         polydev_vmm::accel::choose(&q, kernel.as_deref(), Some(&cache), force)
     })
     .await?;
-    println!("VMM:           qemu microvm with {}", choice.accel.as_str());
+    let vmm = polydev_vmm::choice::choose_vmm(cfg.vmm, fc, &choice);
+    println!("VMM:           {}", vmm.kind);
+    println!("  why:         {}", vmm.reason);
+    println!("acceleration:  {}", choice.accel.as_str());
     println!("  why:         {}", choice.reason);
     match polydev_controller::open_store(&cfg).await {
         Ok(s) => println!(
