@@ -24,6 +24,9 @@ pub struct Args {
     /// vCPUs per VM.
     #[arg(long, default_value_t = 1)]
     vcpus: u32,
+    /// Also hibernate and resume a VM and compare with its cold boot.
+    #[arg(long)]
+    snapshots: bool,
     /// Seconds a VM may take to become ready.
     #[arg(long, default_value_t = 300)]
     timeout_secs: u64,
@@ -35,11 +38,18 @@ struct Sample {
     agent_ms: Option<i64>,
 }
 
-async fn boot_one(rt: &std::sync::Arc<polydev_controller::runtime::Runtime>, deadline: Duration) -> anyhow::Result<Sample> {
+async fn boot_one(
+    rt: &std::sync::Arc<polydev_controller::runtime::Runtime>,
+    deadline: Duration,
+) -> anyhow::Result<Sample> {
     let rec = rt.create("bench", VmType::Cli).await?;
     let start = Instant::now();
     loop {
-        let r = rt.store().get_vm(&rec.vm_id).await?.ok_or_else(|| anyhow::anyhow!("VM vanished"))?;
+        let r = rt
+            .store()
+            .get_vm(&rec.vm_id)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("VM vanished"))?;
         match r.status {
             VmStatus::Running => {
                 let s = Sample {
@@ -81,9 +91,24 @@ fn stats(label: &str, v: &mut [i64]) {
 
 fn report(title: &str, samples: &[Sample]) {
     println!("{title}");
-    stats("create-to-ready", &mut samples.iter().map(|s| s.total_ms).collect::<Vec<_>>());
-    stats("kernel boot (to init)", &mut samples.iter().filter_map(|s| s.kernel_ms).collect::<Vec<_>>());
-    stats("agent start (init→ready)", &mut samples.iter().filter_map(|s| s.agent_ms).collect::<Vec<_>>());
+    stats(
+        "create-to-ready",
+        &mut samples.iter().map(|s| s.total_ms).collect::<Vec<_>>(),
+    );
+    stats(
+        "kernel boot (to init)",
+        &mut samples
+            .iter()
+            .filter_map(|s| s.kernel_ms)
+            .collect::<Vec<_>>(),
+    );
+    stats(
+        "agent start (init→ready)",
+        &mut samples
+            .iter()
+            .filter_map(|s| s.agent_ms)
+            .collect::<Vec<_>>(),
+    );
     let host: Vec<i64> = samples
         .iter()
         .filter_map(|s| Some(s.total_ms - s.kernel_ms? - s.agent_ms?))
@@ -94,11 +119,18 @@ fn report(title: &str, samples: &[Sample]) {
 /// Runs the benchmark.
 pub async fn run(a: Args) -> anyhow::Result<()> {
     let mut cfg = a.common.config();
-    cfg.cli_size = polydev_controller::config::VmSize { vcpus: a.vcpus, memory_mb: a.memory_mb };
+    cfg.cli_size = polydev_controller::config::VmSize {
+        vcpus: a.vcpus,
+        memory_mb: a.memory_mb,
+    };
     cfg.boot_timeout = Duration::from_secs(a.timeout_secs);
     cfg.state_disk_mb = 256;
     let rt = polydev_controller::build_runtime(cfg).await?;
-    println!("polydev bench: {} ({})", rt.vmm().describe(), rt.accel().reason);
+    println!(
+        "polydev bench: {} ({})",
+        rt.vmm().describe(),
+        rt.accel().reason
+    );
     println!("VM size: {} vCPU, {} MiB", a.vcpus, a.memory_mb);
     let deadline = Duration::from_secs(a.timeout_secs + 30);
     let mut seq = Vec::new();
@@ -121,6 +153,68 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     let par_wall = wall.elapsed();
     println!();
     report(&format!("{} VMs one after another:", a.sequential), &seq);
-    report(&format!("{} VMs at once (all ready after {} ms):", a.parallel, par_wall.as_millis()), &par);
+    report(
+        &format!(
+            "{} VMs at once (all ready after {} ms):",
+            a.parallel,
+            par_wall.as_millis()
+        ),
+        &par,
+    );
+    if a.snapshots {
+        println!();
+        snapshot_figures(&rt, deadline).await?;
+    }
+    Ok(())
+}
+
+/// Cold boot, hibernate (snapshot) and resume (restore to agent answering)
+/// of one VM, through the runtime the API uses.
+async fn snapshot_figures(
+    rt: &std::sync::Arc<polydev_controller::runtime::Runtime>,
+    deadline: Duration,
+) -> anyhow::Result<()> {
+    let rec = rt.create("bench", VmType::Cli).await?;
+    let start = Instant::now();
+    let cold = loop {
+        let r = rt
+            .store()
+            .get_vm(&rec.vm_id)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("VM vanished"))?;
+        match r.status {
+            VmStatus::Running => break r.ready_at.unwrap_or(0) - r.created_at,
+            VmStatus::Creating if start.elapsed() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await
+            }
+            _ => {
+                rt.destroy(&rec.vm_id).await?;
+                anyhow::bail!(
+                    "VM {} did not become ready: {:?}",
+                    rec.vm_id,
+                    r.failure_reason
+                );
+            }
+        }
+    };
+    let mut rows = Vec::new();
+    for _ in 0..3 {
+        let t = Instant::now();
+        rt.hibernate(&rec.vm_id).await?;
+        let hib = t.elapsed().as_millis();
+        let t = Instant::now();
+        rt.resume(&rec.vm_id).await?;
+        rows.push((hib, t.elapsed().as_millis()));
+    }
+    rt.destroy(&rec.vm_id).await?;
+    println!("snapshots ({}):", rt.vmm().describe());
+    println!("  cold create-to-ready   {cold:>6} ms");
+    for (i, (h, r)) in rows.iter().enumerate() {
+        println!(
+            "  cycle {}: hibernate {h:>5} ms, resume to agent answering {r:>5} ms ({:.1}x faster than cold)",
+            i + 1,
+            cold as f64 / (*r).max(1) as f64
+        );
+    }
     Ok(())
 }
