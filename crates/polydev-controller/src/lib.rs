@@ -90,6 +90,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     let rt = build_runtime(cfg).await?;
     let report = rt.reconcile().await?;
     tracing::info!(?report, "start-up reconciliation done");
+    tokio::spawn(rt.clone().watch(std::time::Duration::from_secs(2)));
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| anyhow::anyhow!("listening on {listen}: {e}"))?;

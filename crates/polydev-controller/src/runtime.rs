@@ -479,7 +479,7 @@ impl Runtime {
             }
             let exited = match now.vmm_pid {
                 Some(pid) if !process::is_alive(pid as u32, &marker) => {
-                    Some(self.exit_text(&rec.vm_id, pid as u32))
+                    Some(self.exit_text(&rec.vm_id, Path::new(&rec.dir), pid as u32))
                 }
                 _ => None,
             };
@@ -503,16 +503,59 @@ impl Runtime {
         }
     }
 
-    fn exit_text(&self, vm_id: &str, pid: u32) -> String {
+    /// Describes how a VMM ended: its exit status when it was our child, and
+    /// the last line it logged (QEMU's stderr, Firecracker's log).
+    fn exit_text(&self, vm_id: &str, dir: &Path, pid: u32) -> String {
         let status = self
             .procs
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(vm_id)
             .and_then(|p| p.exit_status());
-        match status {
+        let mut text = match status {
             Some(s) => format!("pid {pid}, {s}"),
             None => format!("pid {pid} is gone"),
+        };
+        if let Some(line) = vmm_log_tail(dir) {
+            text.push_str(&format!(": {line}"));
+        }
+        text
+    }
+
+    /// Watches running VMs: one whose VMM died (guest crash, KVM internal
+    /// error, killed) is marked failed with the reason and reclaimed, its
+    /// logs kept. Runs until the controller stops.
+    pub async fn watch(self: Arc<Self>, every: Duration) {
+        loop {
+            tokio::time::sleep(every).await;
+            let Ok(vms) = self.store.list_vms(None, false).await else {
+                continue;
+            };
+            for rec in vms.into_iter().filter(|r| r.status == VmStatus::Running) {
+                let Some(pid) = rec.vmm_pid else { continue };
+                if process::is_alive(pid as u32, &rec.dir) {
+                    continue;
+                }
+                // Re-read: a hibernate or destroy may have just stopped it.
+                let lock = self.op_lock(&rec.vm_id);
+                let still_running = {
+                    let _g = lock.lock().await;
+                    matches!(self.store.get_vm(&rec.vm_id).await, Ok(Some(r)) if r.status == VmStatus::Running && r.vmm_pid == Some(pid))
+                };
+                if !still_running {
+                    continue;
+                }
+                let console = std::fs::read(Path::new(&rec.dir).join(polydev_vmm::CONSOLE_FILE))
+                    .map(|b| String::from_utf8_lossy(&b).into_owned())
+                    .unwrap_or_default();
+                let exit = self.exit_text(&rec.vm_id, Path::new(&rec.dir), pid as u32);
+                let progress = console::scan(&console);
+                let reason = match progress.panic {
+                    Some(p) => format!("VMM exited while running ({exit}); kernel panic: {p}"),
+                    None => format!("VMM exited while running ({exit})"),
+                };
+                self.fail(&rec, &reason).await;
+            }
         }
     }
 
@@ -789,7 +832,7 @@ fn remove_vm_files(dir: &Path, keep_logs: bool) -> std::io::Result<()> {
     for e in std::fs::read_dir(dir)? {
         let e = e?;
         let name = e.file_name();
-        if name == polydev_vmm::CONSOLE_FILE || name == polydev_vmm::VMM_LOG_FILE {
+        if Path::new(&name).extension().is_some_and(|x| x == "log") {
             continue;
         }
         if e.file_type()?.is_dir() {
@@ -799,6 +842,18 @@ fn remove_vm_files(dir: &Path, keep_logs: bool) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The last non-empty line of the VMM's own logs, if any.
+fn vmm_log_tail(dir: &Path) -> Option<String> {
+    ["firecracker.log", polydev_vmm::VMM_LOG_FILE]
+        .iter()
+        .find_map(|f| {
+            let text = std::fs::read(dir.join(f)).ok()?;
+            let text = String::from_utf8_lossy(&text);
+            let line = text.lines().map(str::trim).rev().find(|l| !l.is_empty())?;
+            Some(line.chars().take(300).collect())
+        })
 }
 
 fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {

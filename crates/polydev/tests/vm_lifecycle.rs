@@ -230,3 +230,34 @@ fn vm_hibernates_and_resumes_without_rebooting() {
     assert_eq!(c.call("DELETE", &format!("/api/vms/{id}"), None).0, 200);
     assert_gone(&c, &id, &netns);
 }
+
+#[test]
+fn vm_whose_vmm_dies_while_running_is_failed_and_reclaimed() {
+    let c = Controller::start(&[]);
+    let id = c.create_vm("cli", "grace");
+    let v = c.wait_settled(&id, BOOT);
+    assert_eq!(v["status"], "running", "{v}");
+    let pid = v["vmmPid"].as_i64().unwrap();
+    assert!(std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let start = std::time::Instant::now();
+    let v = loop {
+        let v = c.vm(&id);
+        if v["status"] != "running" || start.elapsed() > Duration::from_secs(30) {
+            break v;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(v["status"], "failed", "{v}");
+    let reason = v["failureReason"].as_str().unwrap();
+    assert!(
+        reason.contains("VMM exited while running") && reason.contains(&pid.to_string()),
+        "{reason}"
+    );
+    assert_gone(&c, &id, v["netns"].as_str().unwrap());
+    assert!(c.vm_dir(&id).join("console.log").exists());
+    assert!(c.vm_dir(&id).join("vmm.log").exists());
+}
