@@ -1,7 +1,6 @@
 //! What a VM is, as the API and the store speak of it.
 
-use std::fmt;
-use std::str::FromStr;
+pub use crate::ParseEnumError;
 
 /// The two kinds of VM polydev runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -27,38 +26,6 @@ pub enum VmStatus {
     Failed,
     /// Stopped and every resource reclaimed.
     Destroyed,
-}
-
-/// A string that is not a known value of an enum.
-#[derive(Debug, thiserror::Error)]
-#[error("unknown {what} {value:?} (expected one of: {expected})")]
-pub struct ParseEnumError {
-    what: &'static str,
-    value: String,
-    expected: &'static str,
-}
-
-macro_rules! str_enum {
-    ($ty:ident, $what:literal, $( $var:ident => $s:literal ),+ ) => {
-        impl $ty {
-            /// The canonical lowercase name.
-            pub fn as_str(&self) -> &'static str {
-                match self { $( $ty::$var => $s ),+ }
-            }
-        }
-        impl fmt::Display for $ty {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result { f.write_str(self.as_str()) }
-        }
-        impl FromStr for $ty {
-            type Err = ParseEnumError;
-            fn from_str(s: &str) -> Result<Self, Self::Err> {
-                match s {
-                    $( $s => Ok($ty::$var), )+
-                    _ => Err(ParseEnumError { what: $what, value: s.to_string(), expected: concat!($( $s, " " ),+) }),
-                }
-            }
-        }
-    };
 }
 
 str_enum!(VmType, "vm type", Browser => "browser", Cli => "cli");

@@ -15,6 +15,7 @@
 #![warn(missing_docs)]
 
 pub mod api_keys;
+pub mod auth_sessions;
 pub mod cleanup;
 pub mod credentials;
 pub mod error;
@@ -32,6 +33,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode};
 use sqlx::{AnyPool, ConnectOptions, Connection, Row};
 
 pub use api_keys::ApiKey;
+pub use auth_sessions::AuthSession;
 pub use cleanup::{CleanupStatus, CleanupTask};
 pub use credentials::{CredentialRow, SealedParts};
 pub use error::{Result, StoreError};

@@ -657,3 +657,78 @@ async fn credential_upsert_replace_and_reseal(db: &TestDb) {
     assert!(s.delete_credential("u1", "codex").await.unwrap());
     assert!(!s.delete_credential("u1", "codex").await.unwrap());
 }
+
+both!(auth_session_lifecycle);
+async fn auth_session_lifecycle(db: &TestDb) {
+    use polydev_core::auth::{Provider, SessionStatus as S};
+    let s = &db.store;
+    let a = s
+        .insert_auth_session("as_1", "u1", Provider::Codex, now_ms() + 300_000)
+        .await
+        .unwrap();
+    assert_eq!(a.status, S::Initializing);
+    assert!(s
+        .advance_auth_session(
+            "as_1",
+            S::Initializing,
+            S::VmCreated,
+            Some("vm_1"),
+            None,
+            None
+        )
+        .await
+        .unwrap());
+    // Compare-and-set: a stale `from` changes nothing.
+    assert!(!s
+        .advance_auth_session("as_1", S::Initializing, S::Ready, None, None, None)
+        .await
+        .unwrap());
+    assert!(s
+        .advance_auth_session("as_1", S::VmCreated, S::Ready, None, None, None)
+        .await
+        .unwrap());
+    assert!(s
+        .advance_auth_session(
+            "as_1",
+            S::Ready,
+            S::AwaitingUserAuth,
+            None,
+            Some("https://auth.example/authorize?x=1"),
+            None
+        )
+        .await
+        .unwrap());
+    let got = s.get_auth_session("as_1").await.unwrap().unwrap();
+    assert_eq!(got.browser_vm_id.as_deref(), Some("vm_1"));
+    assert_eq!(
+        got.auth_url.as_deref(),
+        Some("https://auth.example/authorize?x=1")
+    );
+    assert_eq!(got.provider, Provider::Codex);
+    assert_eq!(s.list_active_auth_sessions().await.unwrap().len(), 1);
+    assert_eq!(
+        s.end_auth_session("as_1", S::Cancelled, "cancelled by the user")
+            .await
+            .unwrap(),
+        Some(S::AwaitingUserAuth)
+    );
+    // Ending twice is a no-op, and a late success cannot overwrite it.
+    assert_eq!(
+        s.end_auth_session("as_1", S::Timeout, "late")
+            .await
+            .unwrap(),
+        None
+    );
+    assert!(!s
+        .advance_auth_session("as_1", S::AwaitingUserAuth, S::Completed, None, None, None)
+        .await
+        .unwrap());
+    let got = s.get_auth_session("as_1").await.unwrap().unwrap();
+    assert_eq!(
+        (got.status, got.error_message.as_deref()),
+        (S::Cancelled, Some("cancelled by the user"))
+    );
+    assert!(got.completed_at.is_some());
+    assert!(s.list_active_auth_sessions().await.unwrap().is_empty());
+    assert_eq!(s.list_auth_sessions("u1").await.unwrap().len(), 1);
+}
