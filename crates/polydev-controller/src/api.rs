@@ -18,6 +18,9 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .route("/api/vms", get(list_vms).post(create_vm))
         .route("/api/vms/{id}", get(get_vm).delete(delete_vm))
         .route("/api/vms/{id}/console", get(console))
+        .route("/api/auth/start", axum::routing::post(auth_start))
+        .route("/api/auth/session/{id}", get(auth_session))
+        .route("/api/vm/auth/{id}", axum::routing::delete(auth_cancel))
         .route("/api/vms/{id}/hibernate", axum::routing::post(hibernate))
         .route("/api/vms/{id}/resume", axum::routing::post(resume))
         .route_layer(axum::middleware::from_fn_with_state(
@@ -221,6 +224,87 @@ async fn resume(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let rec = s.runtime.resume(&id).await.map_err(runtime_error)?;
     Ok(Json(vm_json(&rec)))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AuthStart {
+    user_id: String,
+    provider: String,
+    /// Stored for the live view (WebRTC) once it exists.
+    #[serde(default)]
+    #[allow(dead_code)]
+    webrtc_offer: Option<serde_json::Value>,
+}
+
+fn flow_error(e: crate::auth_flow::FlowError) -> Response {
+    use crate::auth_flow::FlowError as F;
+    match e {
+        F::RateLimited(secs) => {
+            let mut r = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", e.to_string())
+                .into_response();
+            r.headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, secs.into());
+            r
+        }
+        F::NotFound(_) => ApiError::not_found(e.to_string()).into_response(),
+        F::Runtime(r) => runtime_error(r).into_response(),
+    }
+}
+
+fn session_json(s: &polydev_store::AuthSession) -> serde_json::Value {
+    let mut v = serde_json::to_value(s).unwrap_or_default();
+    if let (Some(o), Some(vm)) = (v.as_object_mut(), &s.browser_vm_id) {
+        o.insert("consoleUrl".into(), format!("/api/vms/{vm}/console").into());
+    }
+    v
+}
+
+async fn auth_start(
+    State(s): State<AppState>,
+    body: Result<Json<AuthStart>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(body) = body?;
+    validate_user_id(&body.user_id)?;
+    let provider: polydev_core::auth::Provider =
+        body.provider
+            .parse()
+            .map_err(|e: polydev_core::ParseEnumError| {
+                ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid_provider",
+                    e.to_string(),
+                )
+            })?;
+    let sess = match s.auth.start(&body.user_id, provider).await {
+        Ok(x) => x,
+        Err(e) => return Ok(flow_error(e)),
+    };
+    Ok(Json(serde_json::json!({
+        "success": true,
+        "sessionId": sess.session_id,
+        "provider": sess.provider,
+        "status": sess.status,
+        "novncURL": null,
+        "browserIP": null,
+    }))
+    .into_response())
+}
+
+async fn auth_session(State(s): State<AppState>, Path(id): Path<String>) -> Response {
+    match s.auth.get(&id).await {
+        Ok(sess) => Json(serde_json::json!({"success": true, "session": session_json(&sess)}))
+            .into_response(),
+        Err(e) => flow_error(e),
+    }
+}
+
+async fn auth_cancel(State(s): State<AppState>, Path(id): Path<String>) -> Response {
+    match s.auth.cancel(&id).await {
+        Ok(sess) => Json(serde_json::json!({"success": true, "session": session_json(&sess)}))
+            .into_response(),
+        Err(e) => flow_error(e),
+    }
 }
 
 /// Fallback for unknown routes.

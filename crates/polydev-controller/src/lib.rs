@@ -9,6 +9,7 @@ pub mod agent_client;
 pub mod api;
 pub mod artifacts;
 pub mod auth;
+pub mod auth_flow;
 pub mod config;
 pub mod error;
 pub mod runtime;
@@ -24,6 +25,39 @@ use std::sync::Arc;
 pub struct AppState {
     /// The VM runtime (and through it the store).
     pub runtime: Arc<runtime::Runtime>,
+    /// The provider connect flow.
+    pub auth: Arc<auth_flow::AuthFlow>,
+}
+
+/// The vault keyring: from the environment (`POLYDEV_MASTER_KEY`,
+/// `POLYDEV_MASTER_KEY_FILE`), else `<data-dir>/master.key`, made (mode 0600)
+/// on first start so that the defaults work.
+pub fn load_keyring(cfg: &Config) -> anyhow::Result<polydev_vault::Keyring> {
+    let configured = ["POLYDEV_MASTER_KEY", "POLYDEV_MASTER_KEY_FILE"]
+        .iter()
+        .any(|v| std::env::var(v).map(|x| !x.is_empty()).unwrap_or(false));
+    if configured {
+        return Ok(polydev_vault::Keyring::from_env()?);
+    }
+    let path = cfg.data_dir.join("master.key");
+    if !path.exists() {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let k = polydev_vault::MasterKey::generate();
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| {
+                anyhow::anyhow!("creating the vault master key {}: {e}", path.display())
+            })?;
+        f.write_all(k.to_hex().as_bytes())?;
+        tracing::warn!(key_id = k.id(), path = %path.display(), "no master key configured: made one; back it up, or set POLYDEV_MASTER_KEY_FILE");
+    }
+    Ok(polydev_vault::Keyring::new(
+        polydev_vault::MasterKey::from_file(&path)?,
+    ))
 }
 
 /// Opens the store named by the configuration (creating the data directory).
@@ -85,18 +119,23 @@ pub fn app(state: AppState) -> Router {
 }
 
 /// Runs the controller until SIGINT or SIGTERM.
-pub async fn serve(cfg: Config) -> anyhow::Result<()> {
+pub async fn serve(cfg: Config, auth_cfg: auth_flow::AuthFlowConfig) -> anyhow::Result<()> {
     let listen = cfg.listen;
     let rt = build_runtime(cfg).await?;
     let report = rt.reconcile().await?;
     tracing::info!(?report, "start-up reconciliation done");
     tokio::spawn(rt.clone().watch(std::time::Duration::from_secs(2)));
+    let keyring = load_keyring(rt.config())?;
+    tracing::info!(key_id = keyring.current_id(), "credential vault ready");
+    let auth = auth_flow::AuthFlow::new(rt.clone(), keyring, auth_cfg);
+    let resumed = auth.recover().await?;
+    tracing::info!(resumed, "sign-in sessions recovered");
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| anyhow::anyhow!("listening on {listen}: {e}"))?;
     tracing::info!(%listen, store = %rt.store().kind(), "polydev controller listening");
     eprintln!("polydev: listening on http://{listen}");
-    axum::serve(listener, app(AppState { runtime: rt }))
+    axum::serve(listener, app(AppState { runtime: rt, auth }))
         .with_graceful_shutdown(shutdown_signal())
         .await?;
     Ok(())

@@ -154,9 +154,20 @@ impl Runtime {
         user_id: &str,
         vm_type: VmType,
     ) -> Result<VmRecord, RuntimeError> {
+        self.create_with_id(&new_vm_id(), user_id, vm_type).await
+    }
+
+    /// [`Runtime::create`] with an id chosen by the caller, so that the
+    /// caller can record the id before the VM exists.
+    pub async fn create_with_id(
+        self: &Arc<Self>,
+        vm_id: &str,
+        user_id: &str,
+        vm_type: VmType,
+    ) -> Result<VmRecord, RuntimeError> {
         let artifacts = self.artifacts(Some(vm_type))?;
         self.store.ensure_user(user_id).await?;
-        let vm_id = new_vm_id();
+        let vm_id = vm_id.to_string();
         let size = self.cfg.size(vm_type);
         let dir = self.cfg.vms_dir().join(&vm_id);
         let prefix = self.cfg.netns_prefix();
@@ -659,6 +670,24 @@ impl Runtime {
     /// Destroys a VM: journals the request, stops the VMM, removes the
     /// namespace, TAP and every file, marks it destroyed and frees its slot.
     pub async fn destroy(&self, vm_id: &str) -> Result<VmRecord, RuntimeError> {
+        self.destroy_journaled(vm_id, None).await
+    }
+
+    /// Destroys a sign-in session's browser VM; the journal entry names the
+    /// session.
+    pub async fn destroy_for_session(
+        &self,
+        vm_id: &str,
+        session_id: &str,
+    ) -> Result<VmRecord, RuntimeError> {
+        self.destroy_journaled(vm_id, Some(session_id)).await
+    }
+
+    async fn destroy_journaled(
+        &self,
+        vm_id: &str,
+        session_id: Option<&str>,
+    ) -> Result<VmRecord, RuntimeError> {
         let rec = self
             .store
             .get_vm(vm_id)
@@ -667,7 +696,10 @@ impl Runtime {
         if rec.status == VmStatus::Destroyed {
             return Ok(rec);
         }
-        let task = self.store.enqueue_cleanup(vm_id, None, now_ms()).await?;
+        let task = self
+            .store
+            .enqueue_cleanup(vm_id, session_id, now_ms())
+            .await?;
         self.run_destroy(&rec).await;
         let _ = self.store.complete_cleanup(&task.task_id).await;
         Ok(self.store.get_vm(vm_id).await?.unwrap_or(rec))

@@ -33,6 +33,15 @@ pub struct Args {
     /// Extra kernel command-line arguments for every VM (space-separated).
     #[arg(long, env = "POLYDEV_EXTRA_KERNEL_ARGS", default_value = "")]
     extra_kernel_args: String,
+    /// Seconds a user has to finish signing in to a provider.
+    #[arg(long, env = "POLYDEV_AUTH_TIMEOUT_SECS", default_value_t = 300)]
+    auth_timeout_secs: u64,
+    /// Sign-in sessions a user may start per 15 minutes (429 beyond).
+    #[arg(long, env = "POLYDEV_AUTH_RATE_LIMIT", default_value_t = 30)]
+    auth_rate_limit: u32,
+    /// Seconds a browser VM's VNC server may take to answer once its agent is ready.
+    #[arg(long, env = "POLYDEV_AUTH_DISPLAY_TIMEOUT_SECS", default_value_t = 90)]
+    auth_display_timeout_secs: u64,
     /// Largest accepted request body in bytes.
     #[arg(long, env = "POLYDEV_MAX_BODY_BYTES", default_value_t = 65536)]
     max_body_bytes: usize,
@@ -43,10 +52,26 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     let mut cfg = a.common.config();
     cfg.listen = a.listen;
     cfg.boot_timeout = std::time::Duration::from_secs(a.boot_timeout_secs.max(1));
-    cfg.browser_size = polydev_controller::config::VmSize { vcpus: a.browser_vcpus, memory_mb: a.browser_memory_mb };
-    cfg.cli_size = polydev_controller::config::VmSize { vcpus: a.cli_vcpus, memory_mb: a.cli_memory_mb };
+    cfg.browser_size = polydev_controller::config::VmSize {
+        vcpus: a.browser_vcpus,
+        memory_mb: a.browser_memory_mb,
+    };
+    cfg.cli_size = polydev_controller::config::VmSize {
+        vcpus: a.cli_vcpus,
+        memory_mb: a.cli_memory_mb,
+    };
     cfg.state_disk_mb = a.state_disk_mb;
-    cfg.extra_kernel_args = a.extra_kernel_args.split_whitespace().map(String::from).collect();
+    cfg.extra_kernel_args = a
+        .extra_kernel_args
+        .split_whitespace()
+        .map(String::from)
+        .collect();
     cfg.max_body_bytes = a.max_body_bytes;
-    polydev_controller::serve(cfg).await
+    let auth = polydev_controller::auth_flow::AuthFlowConfig {
+        user_timeout: std::time::Duration::from_secs(a.auth_timeout_secs.max(1)),
+        rate_limit: a.auth_rate_limit,
+        display_timeout: std::time::Duration::from_secs(a.auth_display_timeout_secs.max(1)),
+        ..Default::default()
+    };
+    polydev_controller::serve(cfg, auth).await
 }
