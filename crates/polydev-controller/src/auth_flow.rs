@@ -107,7 +107,7 @@ pub struct AuthFlow {
     vault: Keyring,
     cfg: AuthFlowConfig,
     limiter: Mutex<RateLimiter>,
-    tasks: Mutex<HashMap<String, tokio::task::AbortHandle>>,
+    tasks: Mutex<HashMap<String, tokio::task::JoinHandle<()>>>,
 }
 
 impl AuthFlow {
@@ -155,6 +155,8 @@ impl AuthFlow {
     fn spawn(self: &Arc<Self>, s: AuthSession) {
         let flow = self.clone();
         let id = s.session_id.clone();
+        // Held while inserting, so the task cannot remove itself first.
+        let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
         let handle = tokio::spawn(async move {
             let id = s.session_id.clone();
             if let Err(msg) = flow.drive(s).await {
@@ -165,10 +167,7 @@ impl AuthFlow {
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(&id);
         });
-        self.tasks
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id, handle.abort_handle());
+        tasks.insert(id, handle);
     }
 
     /// A session by id.
@@ -183,13 +182,16 @@ impl AuthFlow {
     /// Cancels a session and destroys its browser VM.
     pub async fn cancel(&self, id: &str) -> Result<AuthSession, FlowError> {
         self.get(id).await?;
-        if let Some(h) = self
+        let task = self
             .tasks
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(id)
-        {
+            .remove(id);
+        if let Some(h) = task {
+            // Stop the session's task and wait until it has really stopped, so
+            // that a VM it was creating is recorded before it is destroyed.
             h.abort();
+            let _ = h.await;
         }
         self.end(id, S::Cancelled, "cancelled").await;
         self.get(id).await
