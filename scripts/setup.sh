@@ -37,7 +37,7 @@ else
 fi
 
 step "building polydev and polydev-agent (cargo, release)"
-cargo build --release --locked -p polydev -p polydev-agent
+cargo build --release -p polydev -p polydev-agent
 
 step "guest kernel"
 ./target/release/polydev kernel build >/dev/null
