@@ -236,7 +236,7 @@ mod tests {
             layout_version: LAYOUT_VERSION,
             vmm: VmmKind::Firecracker,
             vmm_version: "Firecracker v1.16.0".into(),
-            format: "v8.0.0".into(),
+            format: "v10.0.0".into(),
             files: vec!["vmstate".into(), "memory".into()],
             created_unix_ms: 1,
             create_ms: 2,
@@ -264,7 +264,7 @@ mod tests {
     fn other_kind_version_or_format_is_refused() {
         let d = tempfile::tempdir().unwrap();
         let m = meta(d.path());
-        m.check_compatible(VmmKind::Firecracker, "Firecracker v1.16.0", "v8.0.0")
+        m.check_compatible(VmmKind::Firecracker, "Firecracker v1.16.0", "v10.0.0")
             .unwrap();
         let e = m
             .check_compatible(VmmKind::Qemu, "QEMU 7.2", "x")
@@ -275,7 +275,7 @@ mod tests {
             "{e}"
         );
         let e = m
-            .check_compatible(VmmKind::Firecracker, "Firecracker v1.17.0", "v8.0.0")
+            .check_compatible(VmmKind::Firecracker, "Firecracker v1.17.0", "v10.0.0")
             .unwrap_err()
             .to_string();
         assert!(
@@ -286,7 +286,7 @@ mod tests {
             .check_compatible(VmmKind::Firecracker, "Firecracker v1.16.0", "v9.0.0")
             .unwrap_err()
             .to_string();
-        assert!(e.contains("snapshot format \"v8.0.0\""), "{e}");
+        assert!(e.contains("snapshot format \"v10.0.0\""), "{e}");
         let mut s = spec(d.path());
         m.check_spec(&s).unwrap();
         s.memory_mb = 1024;

@@ -354,7 +354,7 @@ fn firecracker_driver_against_a_fake_api() {
         "VMM alive after snapshot"
     );
     assert_eq!(meta.vmm_version, "Firecracker v1.16.0-fake");
-    assert_eq!(meta.format, "v8.0.0");
+    assert_eq!(meta.format, "v10.0.0");
     let r = requests(&log);
     assert_eq!(paths(&r[11..]), ["PATCH /vm", "PUT /snapshot/create"]);
     assert_eq!(r[12]["body"]["snapshot_type"], "Full");

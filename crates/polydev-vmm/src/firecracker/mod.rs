@@ -486,7 +486,7 @@ mod tests {
             layout_version: snapshot::LAYOUT_VERSION,
             vmm: VmmKind::Firecracker,
             vmm_version: "Firecracker v1.16.0".into(),
-            format: "v8.0.0".into(),
+            format: "v10.0.0".into(),
             files: vec![SNAPSHOT_STATE.into(), SNAPSHOT_MEMORY.into()],
             created_unix_ms: 0,
             create_ms: 0,
