@@ -246,7 +246,8 @@ fn vm_whose_vmm_dies_while_running_is_failed_and_reclaimed() {
     let start = std::time::Instant::now();
     let v = loop {
         let v = c.vm(&id);
-        if v["status"] != "running" || start.elapsed() > Duration::from_secs(30) {
+        let reclaimed = v["status"] == "failed" && v["slotReleased"] == true;
+        if reclaimed || start.elapsed() > Duration::from_secs(30) {
             break v;
         }
         std::thread::sleep(Duration::from_millis(200));

@@ -162,17 +162,23 @@ impl Controller {
         v
     }
 
-    /// Waits until the VM leaves `creating`; returns its record.
+    /// Waits until the VM leaves `creating` and, if it failed, until its
+    /// resources are reclaimed (the slot is released); returns its record.
     pub fn wait_settled(&self, id: &str, timeout: Duration) -> serde_json::Value {
         let start = Instant::now();
         loop {
             let v = self.vm(id);
-            if v["status"] != "creating" {
+            let settled = match v["status"].as_str() {
+                Some("creating") => false,
+                Some("failed") => v["slotReleased"] == true,
+                _ => true,
+            };
+            if settled {
                 return v;
             }
             assert!(
                 start.elapsed() < timeout,
-                "VM {id} still creating after {timeout:?}; log:\n{}",
+                "VM {id} not settled after {timeout:?}: {v}; log:\n{}",
                 self.log()
             );
             std::thread::sleep(Duration::from_millis(100));
