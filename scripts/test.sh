@@ -8,4 +8,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 printf '\n==> running the tests\n' >&2
-exec ./scripts/with-postgres.sh cargo test --release --workspace -- --test-threads "${POLYDEV_TEST_THREADS:-3}"
+exec ./scripts/with-postgres.sh cargo test --release --workspace --no-fail-fast -- --test-threads "${POLYDEV_TEST_THREADS:-3}"
