@@ -1,19 +1,33 @@
 //! The agent's HTTP API: the router, its shared state and the error shape.
 //!
 //! Every response that is not a success carries
-//! `{"error":{"code":"...","message":"..."}}`. New endpoints (exec, file
-//! install) are added to [`router`].
+//! `{"error":{"code":"...","message":"..."}}`, malformed request bodies
+//! included.
+//!
+//! | route | what |
+//! |---|---|
+//! | `GET /health` | liveness, VM id, version, uptime |
+//! | `POST /exec` | run a command to completion ([`exec`](crate::exec)) |
+//! | `POST /files` | write a file atomically ([`files`](crate::files)) |
+//! | `POST /open-url` | record a URL and open it on the display ([`open_url`](crate::open_url)) |
+//! | `GET /oauth-url` | the last URL recorded |
 
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
+use serde::de::DeserializeOwned;
 use serde_json::json;
 
-use crate::{auth, uptime};
+use crate::open_url::UrlState;
+use crate::{auth, exec, files, uptime};
+
+/// Largest request body (a file to install, base64).
+pub const MAX_BODY: usize = 32 << 20;
 
 /// State shared by all handlers.
 #[derive(Clone)]
@@ -22,6 +36,8 @@ pub struct AppState {
     pub vm_id: Arc<str>,
     /// The bearer token every request must carry.
     pub token: Arc<str>,
+    /// URLs handed to the agent.
+    pub urls: Arc<UrlState>,
 }
 
 impl AppState {
@@ -30,6 +46,7 @@ impl AppState {
         Self {
             vm_id: config.vm_id.as_str().into(),
             token: config.token.as_str().into(),
+            urls: Arc::new(UrlState::default()),
         }
     }
 }
@@ -48,6 +65,24 @@ impl ApiError {
         Self {
             status: StatusCode::UNAUTHORIZED,
             code: "unauthorized",
+            message: message.into(),
+        }
+    }
+
+    /// 400: the request is unusable.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            code: "bad_request",
+            message: message.into(),
+        }
+    }
+
+    /// 500: the agent could not do what was asked.
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            code: "internal",
             message: message.into(),
         }
     }
@@ -73,7 +108,12 @@ impl IntoResponse for ApiError {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/health", get(health))
+        .route("/exec", post(exec_handler))
+        .route("/files", post(files_handler))
+        .route("/open-url", post(open_url_handler))
+        .route("/oauth-url", get(oauth_url_handler))
         .fallback(not_found)
+        .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,
@@ -92,4 +132,59 @@ async fn health(State(state): State<AppState>) -> Json<serde_json::Value> {
 
 async fn not_found(uri: axum::http::Uri) -> ApiError {
     ApiError::not_found(format!("no route for {}", uri.path()))
+}
+
+/// Parses a JSON body into `T`, answering 400 in the common error shape.
+fn parse_body<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("request body is not valid: {e}")))
+}
+
+async fn exec_handler(body: Bytes) -> Result<Json<exec::ExecResponse>, ApiError> {
+    let req: exec::ExecRequest = parse_body(&body)?;
+    match exec::run(req).await {
+        Ok(r) => Ok(Json(r)),
+        Err(exec::ExecError::BadRequest(m)) => Err(ApiError::bad_request(m)),
+        Err(exec::ExecError::Spawn(m)) => Err(ApiError::internal(m)),
+    }
+}
+
+async fn files_handler(body: Bytes) -> Result<Json<files::FileResponse>, ApiError> {
+    let req: files::FileRequest = parse_body(&body)?;
+    match tokio::task::spawn_blocking(move || files::write(&req)).await {
+        Ok(Ok(r)) => Ok(Json(r)),
+        Ok(Err(files::FileError::BadRequest(m))) => Err(ApiError::bad_request(m)),
+        Ok(Err(files::FileError::Io(m))) => Err(ApiError::internal(m)),
+        Err(e) => Err(ApiError::internal(format!("file writer failed: {e}"))),
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OpenUrlRequest {
+    url: String,
+}
+
+async fn open_url_handler(
+    State(state): State<AppState>,
+    body: Bytes,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let req: OpenUrlRequest = parse_body(&body)?;
+    let urls = state.urls.clone();
+    let entry = tokio::task::spawn_blocking(move || urls.open(&req.url, "api"))
+        .await
+        .map_err(|e| ApiError::internal(format!("url opener failed: {e}")))?
+        .map_err(ApiError::bad_request)?;
+    Ok(Json(
+        json!({"success": true, "url": entry.url, "opened": entry.opened, "openError": entry.open_error}),
+    ))
+}
+
+async fn oauth_url_handler(State(state): State<AppState>) -> Json<serde_json::Value> {
+    match state.urls.last() {
+        Some(u) => Json(
+            json!({"success": true, "oauthUrl": u.url, "source": u.source, "uptimeMs": u.uptime_ms, "opened": u.opened}),
+        ),
+        None => Json(json!({"success": true, "oauthUrl": null})),
+    }
 }

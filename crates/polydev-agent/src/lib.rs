@@ -11,5 +11,9 @@
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod exec;
+pub mod files;
+pub mod open_url;
 pub mod ready;
 pub mod uptime;
+pub mod users;

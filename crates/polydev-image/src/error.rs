@@ -44,6 +44,14 @@ pub enum Error {
         /// The last lines mmdebstrap printed.
         tail: String,
     },
+    /// npm could not download the CLIs from the npm registry.
+    #[error("npm cannot reach the npm registry{registry} (check network access and the certificate authorities npm trusts (its `cafile`), or set POLYDEV_NPM_REGISTRY); last output:\n{tail}")]
+    NpmUnreachable {
+        /// `" <url>"` of the registry used, else empty.
+        registry: String,
+        /// The last lines of the build output.
+        tail: String,
+    },
     /// Kconfig dropped options the fragment asks for (unmet dependencies).
     #[error("kernel config: these options of the fragment did not survive `make olddefconfig` (check their dependencies): {}", .0.join(", "))]
     ConfigDropped(Vec<String>),

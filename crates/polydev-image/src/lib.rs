@@ -9,9 +9,12 @@
 
 #![warn(missing_docs)]
 
+pub mod check;
 pub mod command;
 pub mod error;
+pub mod flavour;
 pub mod hashing;
+pub mod home_disk;
 pub mod kernel;
 pub mod lock;
 pub mod manifest;

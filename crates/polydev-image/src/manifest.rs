@@ -16,6 +16,20 @@ pub struct Package {
     pub version: String,
 }
 
+/// One provider CLI in the image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Cli {
+    /// Its command (`claude`, `codex`, `gemini`).
+    pub command: String,
+    /// The npm package.
+    pub package: String,
+    /// The pinned version installed.
+    pub version: String,
+    /// What `<command> --version` printed in the image (its last line).
+    pub version_output: String,
+}
+
 /// Describes a built image.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -34,6 +48,18 @@ pub struct Manifest {
     pub init_sha256: String,
     /// Every installed package with its version.
     pub packages: Vec<Package>,
+    /// The provider CLIs from the npm registry.
+    #[serde(default)]
+    pub clis: Vec<Cli>,
+    /// SHA-256 of the guest kernel cached when the image was built, if any.
+    #[serde(default)]
+    pub kernel_sha256: Option<String>,
+    /// Size of `rootfs.ext4` in bytes.
+    #[serde(default)]
+    pub image_bytes: u64,
+    /// How long the build took, in seconds.
+    #[serde(default)]
+    pub build_seconds: u64,
     /// Build time, RFC 3339 UTC.
     pub built_at: String,
     /// Build time, seconds since the Unix epoch.

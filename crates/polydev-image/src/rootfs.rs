@@ -16,11 +16,14 @@ use polydev_core::guest::{AGENT_BIN, AGENT_UNIT, GUEST_INIT, STATE_MOUNT};
 
 use crate::command;
 use crate::error::{Error, Result};
+use crate::flavour::{Unit, CLI_VERSIONS_FILE, GUEST_HOME, GUEST_UID, GUEST_USER, OPEN_URL_HOOK};
 use crate::hashing::{file_sha256, parts_sha256};
 use crate::lock::BuildLock;
 use crate::manifest::{self, Manifest};
 use crate::progress::{format_elapsed, Progress};
 
+pub use crate::flavour::{Flavour, NpmCli, NPM_CLIS};
+pub use crate::home_disk::make_home_disk;
 pub use crate::state_disk::make_state_disk;
 
 /// The guest init script installed at [`GUEST_INIT`].
@@ -28,11 +31,23 @@ pub const INIT_SCRIPT: &str = include_str!("../guest/polydev-init");
 /// The agent's systemd unit, installed as [`AGENT_UNIT`].
 pub const AGENT_UNIT_TEXT: &str = include_str!("../guest/polydev-agent.service");
 /// Bump when the build procedure changes in a way that changes the output.
-pub const BUILDER_VERSION: &str = "1";
+pub const BUILDER_VERSION: &str = "2";
 /// The Debian suite images are built from.
 pub const SUITE: &str = "trixie";
 /// Environment variable overriding mmdebstrap's default mirror.
 pub const MIRROR_ENV: &str = "POLYDEV_DEBIAN_MIRROR";
+/// Environment variable overriding the npm registry the guest's npm uses
+/// (default: the registry the host's npm is configured with, else npm's own).
+pub const NPM_REGISTRY_ENV: &str = "POLYDEV_NPM_REGISTRY";
+/// Where the image's `/etc/resolv.conf` points: the name servers the kernel
+/// got from its `ip=` argument.
+pub const RESOLV_CONF_TARGET: &str = "/proc/net/pnp";
+/// The agent's unit, as every flavour ships it.
+pub const AGENT: Unit = Unit {
+    name: AGENT_UNIT,
+    text: AGENT_UNIT_TEXT,
+    wanted_by: "sysinit.target",
+};
 /// Directories the guest init needs in the image.
 pub const INIT_DIRS: [&str; 3] = [STATE_MOUNT, "/polydev/newroot", "/polydev/oldroot"];
 /// systemd manager settings installed as `/etc/systemd/system.conf.d/polydev.conf`.
@@ -52,57 +67,6 @@ const DPKG_EXCLUDES: &[&str] = &[
     "path-include=/usr/share/doc/*/copyright",
 ];
 
-/// What an image is for; each flavour has its own package list.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum Flavour {
-    /// systemd and the agent: the smallest bootable guest.
-    Minimal,
-}
-
-impl Flavour {
-    /// Every flavour, for listings.
-    pub const ALL: &'static [Flavour] = &[Flavour::Minimal];
-
-    /// The name used on the command line and in paths.
-    pub fn name(self) -> &'static str {
-        match self {
-            Flavour::Minimal => "minimal",
-        }
-    }
-
-    /// Packages installed on top of mmdebstrap's `minbase` variant.
-    pub fn packages(self) -> &'static [&'static str] {
-        match self {
-            Flavour::Minimal => &["systemd", "systemd-sysv", "iproute2", "procps"],
-        }
-    }
-}
-
-impl std::fmt::Display for Flavour {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl std::str::FromStr for Flavour {
-    type Err = Error;
-
-    fn from_str(s: &str) -> Result<Self> {
-        Flavour::ALL
-            .iter()
-            .copied()
-            .find(|f| f.name() == s)
-            .ok_or_else(|| {
-                let names: Vec<_> = Flavour::ALL.iter().map(|f| f.name()).collect();
-                Error::InvalidInput(format!(
-                    "unknown image flavour {s:?} (known: {})",
-                    names.join(", ")
-                ))
-            })
-    }
-}
-
 /// A built (or cached) golden image.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImageArtifact {
@@ -116,11 +80,29 @@ pub struct ImageArtifact {
     pub cached: bool,
 }
 
+/// The units an image of `flavour` ships: the agent's first.
+pub fn units(flavour: Flavour) -> Vec<Unit> {
+    let mut units = vec![AGENT];
+    units.extend_from_slice(flavour.units());
+    units
+}
+
 /// The input hash of an image of `flavour` containing the agent whose
 /// SHA-256 is `agent_sha256`.
 pub fn input_hash(flavour: Flavour, agent_sha256: &str) -> String {
     let packages = flavour.packages().join(",");
     let excludes = DPKG_EXCLUDES.join(",");
+    let clis: Vec<String> = flavour.npm_clis().iter().map(NpmCli::spec).collect();
+    let clis = clis.join(",");
+    let mut unit_texts = String::new();
+    for u in units(flavour) {
+        unit_texts.push_str(&format!("{}\0{}\0{}\0", u.name, u.wanted_by, u.text));
+    }
+    let mut files = String::new();
+    for (path, text, mode) in flavour.files() {
+        files.push_str(&format!("{path}\0{mode:o}\0{text}\0"));
+    }
+    let script = customize_script(Path::new("/stage"), flavour);
     parts_sha256(&[
         ("flavour", flavour.name().as_bytes()),
         ("packages", packages.as_bytes()),
@@ -128,7 +110,10 @@ pub fn input_hash(flavour: Flavour, agent_sha256: &str) -> String {
         ("dpkg-excludes", excludes.as_bytes()),
         ("agent-sha256", agent_sha256.as_bytes()),
         ("init", INIT_SCRIPT.as_bytes()),
-        ("unit", AGENT_UNIT_TEXT.as_bytes()),
+        ("units", unit_texts.as_bytes()),
+        ("files", files.as_bytes()),
+        ("npm-clis", clis.as_bytes()),
+        ("customize", script.as_bytes()),
         ("system-conf", SYSTEM_CONF.as_bytes()),
         ("masked", MASKED_UNITS.join(",").as_bytes()),
         ("builder-version", BUILDER_VERSION.as_bytes()),
@@ -228,15 +213,45 @@ pub fn build(
     }
     let stage = images.join(format!(".build-{}-{hash}", flavour.name()));
     let result = build_locked(
-        flavour, agent_bin, &agent_sha, &hash, &stage, &dir, progress,
+        cache_dir, flavour, agent_bin, &agent_sha, &hash, &stage, &dir, progress,
     );
     progress.finish();
-    // The staging tree is large; keep nothing of it, success or failure.
+    // The staging tree is large; keep nothing of it, success or failure,
+    // unless something is still mounted inside it (an interrupted
+    // mmdebstrap): deleting through a mount would reach outside the tree.
     if stage.exists() {
-        let _ = std::fs::remove_dir_all(&stage);
+        match mounts_under(&stage) {
+            Ok(m) if m.is_empty() => {
+                let _ = std::fs::remove_dir_all(&stage);
+            }
+            Ok(m) => {
+                return Err(result.err().unwrap_or_else(|| {
+                    Error::ImageCheck(format!(
+                        "{} is still mounted; unmount it and remove {}",
+                        m.join(", "),
+                        stage.display()
+                    ))
+                }))
+            }
+            Err(e) => return Err(result.err().unwrap_or(e)),
+        }
     }
     result?;
     Ok(artifact(&dir, &hash, false))
+}
+
+/// Mount points at or below `dir`, from `/proc/self/mountinfo`.
+fn mounts_under(dir: &Path) -> Result<Vec<String>> {
+    let info = Path::new("/proc/self/mountinfo");
+    let text = std::fs::read_to_string(info).map_err(Error::io("read", info))?;
+    let dir = dir.to_string_lossy();
+    Ok(text
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        // mountinfo escapes spaces and the like as octal (\040).
+        .filter(|m| *m == dir || m.starts_with(&format!("{dir}/")))
+        .map(str::to_owned)
+        .collect())
 }
 
 /// Quotes `s` for a POSIX shell.
@@ -244,42 +259,183 @@ fn sh_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
+/// Hook output lines starting with this start a new progress phase.
+const PHASE_PREFIX: &str = "polydev-phase: ";
+
+/// The name a file is staged under (its image path, flattened).
+fn staged_name(path: &str) -> String {
+    path.trim_start_matches('/').replace('/', "__")
+}
+
+/// Installs, enables and verifies one unit the way systemd itself would.
+fn unit_script(u: &Unit) -> String {
+    let name = u.name;
+    let wanted_by = u.wanted_by;
+    format!(
+        r#"install -D -m 0644 "$stage/units/{name}" "$root/etc/systemd/system/{name}"
+chroot "$root" systemctl enable {name}
+link="$root/etc/systemd/system/{wanted_by}.wants/{name}"
+if [ ! -L "$link" ]; then
+    echo "polydev: 'systemctl enable {name}' did not create $link" >&2
+    exit 1
+fi
+# verify exits 0 on mere warnings (unknown keys, bad values): treat any
+# output as a failure too.
+if ! out=$(chroot "$root" systemd-analyze verify --man=no /etc/systemd/system/{name} 2>&1) || [ -n "$out" ]; then
+    printf '%s\n' "$out" >&2
+    echo "polydev: 'systemd-analyze verify' rejected {name}" >&2
+    exit 1
+fi
+"#
+    )
+}
+
+/// Creates the guest user and installs the CLIs from the npm registry with
+/// the guest's own node, then records each CLI's `--version`.
+fn clis_script(flavour: Flavour) -> String {
+    let specs: Vec<String> = flavour
+        .npm_clis()
+        .iter()
+        .map(|c| sh_quote(&c.spec()))
+        .collect();
+    let commands: Vec<&str> = flavour.npm_clis().iter().map(|c| c.command).collect();
+    format!(
+        r#"chroot "$root" groupadd --gid {GUEST_UID} {GUEST_USER}
+chroot "$root" useradd --uid {GUEST_UID} --gid {GUEST_UID} --create-home --home-dir {GUEST_HOME} --shell /bin/bash {GUEST_USER}
+ln -sf polydev-open-url "$root/usr/local/bin/xdg-open"
+echo "BROWSER={OPEN_URL_HOOK}" >> "$root/etc/environment"
+registry=""
+if [ -s "$stage/npm-registry" ]; then registry="npm_config_registry=$(cat "$stage/npm-registry")"; fi
+cafile=""
+if [ -s "$stage/npm-ca.pem" ]; then
+    install -m 0644 "$stage/npm-ca.pem" "$root/tmp/polydev-npm-ca.pem"
+    cafile="npm_config_cafile=/tmp/polydev-npm-ca.pem"
+fi
+echo "{PHASE_PREFIX}installing {specs_shown} from the npm registry"
+if ! chroot "$root" env PATH="$guest_path" HOME=/root $registry $cafile npm install -g --omit=dev --no-audit --no-fund --loglevel=warn {specs}; then
+    echo "POLYDEV-NPM-INSTALL-FAILED" >&2
+    exit 1
+fi
+rm -rf "$root/root/.npm" "$root/tmp/polydev-npm-ca.pem"
+mkdir -p "$root$(dirname {CLI_VERSIONS_FILE})"
+: > "$root{CLI_VERSIONS_FILE}"
+for c in {commands}; do
+    echo "{PHASE_PREFIX}running '$c --version' in the image"
+    if ! v=$(chroot "$root" env PATH="$guest_path" HOME=/tmp/polydev-version-home timeout 300 "$c" --version 2>&1 </dev/null); then
+        printf '%s\n' "$v" >&2
+        echo "polydev: '$c --version' failed inside the image" >&2
+        exit 1
+    fi
+    printf '%s\t%s\n' "$c" "$(printf '%s\n' "$v" | grep -v '^[[:space:]]*$' | tail -n 1)" >> "$root{CLI_VERSIONS_FILE}"
+done
+rm -rf "$root/tmp/polydev-version-home"
+"#,
+        specs = specs.join(" "),
+        specs_shown = flavour
+            .npm_clis()
+            .iter()
+            .map(NpmCli::spec)
+            .collect::<Vec<_>>()
+            .join(", "),
+        commands = commands.join(" "),
+    )
+}
+
 /// The customize hook mmdebstrap runs with the target directory as `$1`.
-fn customize_script(stage: &Path) -> String {
+fn customize_script(stage: &Path, flavour: Flavour) -> String {
     let stage = sh_quote(&stage.to_string_lossy());
     let dirs: Vec<String> = INIT_DIRS
         .iter()
         .map(|d| format!("\"$root\"{}", sh_quote(d)))
         .collect();
-    format!(
+    let mut s = format!(
         r#"set -eu
 root="$1"
 stage={stage}
+guest_path=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 install -D -m 0755 "$stage/polydev-agent" "$root{AGENT_BIN}"
 install -D -m 0755 "$stage/polydev-init" "$root{GUEST_INIT}"
-install -D -m 0644 "$stage/{AGENT_UNIT}" "$root/etc/systemd/system/{AGENT_UNIT}"
 mkdir -p {dirs}
 echo polydev > "$root/etc/hostname"
-chroot "$root" systemctl enable {AGENT_UNIT}
-link="$root/etc/systemd/system/sysinit.target.wants/{AGENT_UNIT}"
-if [ ! -L "$link" ]; then
-    echo "polydev: 'systemctl enable {AGENT_UNIT}' did not create $link" >&2
-    exit 1
-fi
-# verify exits 0 on mere warnings (unknown keys, bad values): treat any
-# output as a failure too.
-if ! out=$(chroot "$root" systemd-analyze verify --man=no /etc/systemd/system/{AGENT_UNIT} 2>&1) || [ -n "$out" ]; then
-    printf '%s\n' "$out" >&2
-    echo "polydev: 'systemd-analyze verify' rejected {AGENT_UNIT}" >&2
-    exit 1
-fi
-# The kernel has no modules: skip the units that would try to load some.
-chroot "$root" systemctl mask {MASKED}
-install -D -m 0644 "$stage/system.conf" "$root/etc/systemd/system.conf.d/polydev.conf"
 "#,
         dirs = dirs.join(" "),
+    );
+    for (path, _, mode) in flavour.files() {
+        s.push_str(&format!(
+            "install -D -m {mode:04o} \"$stage/files/{}\" \"$root\"{}\n",
+            staged_name(path),
+            sh_quote(path)
+        ));
+    }
+    if flavour.has_clis() {
+        s.push_str(&clis_script(flavour));
+    }
+    for u in units(flavour) {
+        s.push_str(&unit_script(&u));
+    }
+    s.push_str(&format!(
+        r#"# The kernel has no modules: skip the units that would try to load some.
+chroot "$root" systemctl mask {MASKED}
+install -D -m 0644 "$stage/system.conf" "$root/etc/systemd/system.conf.d/polydev.conf"
+# DNS comes from the kernel's ip= argument (one source of truth), never from
+# the build host: the kernel lists those servers in /proc/net/pnp.
+rm -f "$root/etc/resolv.conf"
+ln -s {RESOLV_CONF_TARGET} "$root/etc/resolv.conf"
+"#,
         MASKED = MASKED_UNITS.join(" "),
-    )
+    ));
+    s
+}
+
+/// A setting of the host's npm (`npm config get <key>`), if npm is
+/// installed and the key is set.
+fn host_npm_config(key: &str) -> Option<String> {
+    let out = Command::new("npm")
+        .args(["config", "get", key])
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    let v = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    (out.status.success() && !v.is_empty() && v != "null" && v != "undefined").then_some(v)
+}
+
+/// The npm registry the guest's npm should use: [`NPM_REGISTRY_ENV`], else
+/// the host npm's configured registry, else none (npm's default).
+fn npm_registry() -> Option<String> {
+    if let Some(r) = std::env::var(NPM_REGISTRY_ENV)
+        .ok()
+        .filter(|r| !r.trim().is_empty())
+    {
+        return Some(r.trim().to_owned());
+    }
+    host_npm_config("registry").filter(|r| r.starts_with("http"))
+}
+
+/// The certificate authorities the host's npm is configured to trust
+/// (`cafile`), which the guest's npm then trusts too.
+fn npm_cafile() -> Option<PathBuf> {
+    host_npm_config("cafile")
+        .map(PathBuf::from)
+        .filter(|p| p.is_file())
+}
+
+fn looks_like_npm_network_failure(tail: &str) -> bool {
+    tail.contains("POLYDEV-NPM-INSTALL-FAILED")
+        && [
+            "ENOTFOUND",
+            "EAI_AGAIN",
+            "ECONNREFUSED",
+            "ECONNRESET",
+            "ETIMEDOUT",
+            "ENETUNREACH",
+            "EHOSTUNREACH",
+            "network",
+            "CERT_",
+            "certificate",
+        ]
+        .iter()
+        .any(|p| tail.contains(p))
 }
 
 fn looks_like_mirror_failure(tail: &str) -> bool {
@@ -319,7 +475,48 @@ fn tree_usage(root: &Path) -> Result<(u64, u64)> {
     Ok((bytes, inodes))
 }
 
+/// Reads what the hook recorded of each CLI's `--version`.
+fn read_cli_versions(flavour: Flavour, root: &Path) -> Result<Vec<manifest::Cli>> {
+    if flavour.npm_clis().is_empty() {
+        return Ok(Vec::new());
+    }
+    let path = root.join(CLI_VERSIONS_FILE.trim_start_matches('/'));
+    let text = std::fs::read_to_string(&path).map_err(Error::io("read", &path))?;
+    let mut out = Vec::new();
+    for cli in flavour.npm_clis() {
+        let line = text
+            .lines()
+            .filter_map(|l| l.split_once('\t'))
+            .find(|(c, _)| *c == cli.command)
+            .map(|(_, v)| v.trim().to_owned())
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| {
+                Error::ImageCheck(format!(
+                    "{} records no `{} --version` output",
+                    path.display(),
+                    cli.command
+                ))
+            })?;
+        if !line.contains(cli.version) {
+            return Err(Error::ImageCheck(format!(
+                "`{} --version` printed {line:?}, which does not name the pinned {}",
+                cli.command,
+                cli.spec()
+            )));
+        }
+        out.push(manifest::Cli {
+            command: cli.command.into(),
+            package: cli.package.into(),
+            version: cli.version.into(),
+            version_output: line,
+        });
+    }
+    Ok(out)
+}
+
+#[allow(clippy::too_many_arguments)]
 fn build_locked(
+    cache_dir: &Path,
     flavour: Flavour,
     agent_bin: &Path,
     agent_sha: &str,
@@ -345,10 +542,28 @@ fn build_locked(
         let p = stage.join(name);
         std::fs::write(&p, text).map_err(Error::io("write", &p))
     };
+    for dir in ["units", "files"] {
+        let d = stage.join(dir);
+        std::fs::create_dir_all(&d).map_err(Error::io("create directory", &d))?;
+    }
     write("polydev-init", INIT_SCRIPT)?;
-    write(AGENT_UNIT, AGENT_UNIT_TEXT)?;
+    for u in units(flavour) {
+        write(&format!("units/{}", u.name), u.text)?;
+    }
+    for (path, text, _) in flavour.files() {
+        write(&format!("files/{}", staged_name(path)), text)?;
+    }
+    if flavour.has_clis() {
+        if let Some(r) = npm_registry() {
+            write("npm-registry", &r)?;
+        }
+        if let Some(ca) = npm_cafile() {
+            let dest = stage.join("npm-ca.pem");
+            std::fs::copy(&ca, &dest).map_err(Error::io("copy", &ca))?;
+        }
+    }
     write("system.conf", SYSTEM_CONF)?;
-    write("customize.sh", &customize_script(stage))?;
+    write("customize.sh", &customize_script(stage, flavour))?;
     let root = stage.join("root");
 
     // 1. Bootstrap + customize.
@@ -375,11 +590,19 @@ fn build_locked(
         mm.arg(m);
     }
     let mut on_line = |line: &str| {
-        if let Some(step) = line.strip_prefix("I: ") {
+        if let Some(phase) = line.strip_prefix(PHASE_PREFIX) {
+            progress.phase(phase);
+        } else if let Some(step) = line.strip_prefix("I: ") {
             progress.update(step);
         }
     };
     command::run(&mut mm, &mut on_line).map_err(|e| match e {
+        Error::CommandFailed { tail, .. } if looks_like_npm_network_failure(&tail) => {
+            Error::NpmUnreachable {
+                registry: npm_registry().map(|r| format!(" {r}")).unwrap_or_default(),
+                tail,
+            }
+        }
         Error::CommandFailed { tail, .. } if looks_like_mirror_failure(&tail) => {
             Error::MirrorUnreachable {
                 mirror: mirror.as_ref().map(|m| format!(" {m}")).unwrap_or_default(),
@@ -391,16 +614,28 @@ fn build_locked(
 
     // 2. Check what the hook did.
     progress.phase("checking the image tree");
-    let link = root.join(format!(
-        "etc/systemd/system/sysinit.target.wants/{AGENT_UNIT}"
-    ));
-    if !std::fs::symlink_metadata(&link).is_ok_and(|m| m.file_type().is_symlink()) {
+    let resolv = root.join("etc/resolv.conf");
+    if std::fs::read_link(&resolv).ok().as_deref() != Some(Path::new(RESOLV_CONF_TARGET)) {
         return Err(Error::ImageCheck(format!(
-            "enablement symlink {} is missing",
-            link.display()
+            "{} is not a link to {RESOLV_CONF_TARGET}: the build host's DNS settings would leak into the image",
+            resolv.display()
         )));
     }
-    for (path, mode) in [(AGENT_BIN, 0o755), (GUEST_INIT, 0o755)] {
+    for u in units(flavour) {
+        let link = root.join(format!(
+            "etc/systemd/system/{}.wants/{}",
+            u.wanted_by, u.name
+        ));
+        if !std::fs::symlink_metadata(&link).is_ok_and(|m| m.file_type().is_symlink()) {
+            return Err(Error::ImageCheck(format!(
+                "enablement symlink {} is missing",
+                link.display()
+            )));
+        }
+    }
+    let mut expected_modes = vec![(AGENT_BIN, 0o755), (GUEST_INIT, 0o755)];
+    expected_modes.extend(flavour.files().iter().map(|(p, _, m)| (*p, *m)));
+    for (path, mode) in expected_modes {
         let p = root.join(path.trim_start_matches('/'));
         let meta = std::fs::metadata(&p).map_err(Error::io("stat", &p))?;
         if meta.permissions().mode() & 0o777 != mode {
@@ -425,6 +660,8 @@ fn build_locked(
             detail: "no installed packages listed".into(),
         });
     }
+
+    let clis = read_cli_versions(flavour, &root)?;
 
     // 3. ext4 image.
     progress.phase("making the ext4 image");
@@ -451,6 +688,10 @@ fn build_locked(
         .map_err(Error::io("chmod", &tmp_image))?;
     progress.phase("hashing the image");
     let image_sha256 = file_sha256(&tmp_image)?;
+    let kernel_sha256 = crate::kernel::locate(cache_dir)
+        .ok()
+        .flatten()
+        .and_then(|k| file_sha256(&k.path).ok());
     let image = out_dir.join("rootfs.ext4");
     std::fs::rename(&tmp_image, &image).map_err(Error::io("rename", &tmp_image))?;
 
@@ -466,6 +707,10 @@ fn build_locked(
         agent_sha256: agent_sha.into(),
         init_sha256: parts_sha256_plain(INIT_SCRIPT),
         packages,
+        clis,
+        kernel_sha256,
+        image_bytes: size,
+        build_seconds: started.elapsed().as_secs(),
         built_at: manifest::rfc3339(now),
         built_at_unix: now,
         builder_version: BUILDER_VERSION.into(),
@@ -509,9 +754,56 @@ mod tests {
     }
 
     #[test]
-    fn flavours_parse() {
-        assert_eq!("minimal".parse::<Flavour>().unwrap(), Flavour::Minimal);
-        assert!("nope".parse::<Flavour>().is_err());
+    fn hash_covers_flavour_and_pins() {
+        assert_ne!(
+            input_hash(Flavour::Browser, "a"),
+            input_hash(Flavour::Cli, "a")
+        );
+        let s = customize_script(Path::new("/c/stage"), Flavour::Cli);
+        for c in NPM_CLIS {
+            assert!(s.contains(&c.spec()), "{}", c.package);
+        }
+        assert!(s.contains("npm install -g --omit=dev"));
+        assert!(s.contains("POLYDEV-NPM-INSTALL-FAILED"));
+    }
+
+    #[test]
+    fn browser_script_enables_every_unit() {
+        let s = customize_script(Path::new("/c/stage"), Flavour::Browser);
+        for u in units(Flavour::Browser) {
+            assert!(
+                s.contains(&format!("systemctl enable {}", u.name)),
+                "{}",
+                u.name
+            );
+            assert!(
+                s.contains(&format!(
+                    "systemd-analyze verify --man=no /etc/systemd/system/{}",
+                    u.name
+                )),
+                "{}",
+                u.name
+            );
+        }
+        assert!(s.contains("useradd --uid 1000"));
+    }
+
+    #[test]
+    fn finds_mounts_below_a_directory() {
+        assert!(!mounts_under(Path::new("/proc")).unwrap().is_empty());
+        let dir = tempfile::tempdir().unwrap();
+        assert!(mounts_under(dir.path()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn npm_failures_are_classified() {
+        assert!(looks_like_npm_network_failure(
+            "npm error code ENOTFOUND\nPOLYDEV-NPM-INSTALL-FAILED"
+        ));
+        assert!(!looks_like_npm_network_failure("npm error code ENOTFOUND"));
+        assert!(!looks_like_npm_network_failure(
+            "npm error code E404\nPOLYDEV-NPM-INSTALL-FAILED"
+        ));
     }
 
     #[test]
@@ -529,7 +821,7 @@ mod tests {
 
     #[test]
     fn script_installs_everything() {
-        let s = customize_script(Path::new("/c/stage"));
+        let s = customize_script(Path::new("/c/stage"), Flavour::Minimal);
         assert!(
             s.contains(AGENT_BIN) && s.contains(GUEST_INIT) && s.contains("systemd-analyze verify")
         );

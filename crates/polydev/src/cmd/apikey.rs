@@ -35,13 +35,21 @@ pub async fn run(c: ApikeyCommand) -> anyhow::Result<()> {
             let store = polydev_controller::open_store(&common.config()).await?;
             let k = polydev_controller::auth::generate();
             store.insert_api_key(&k.key_id, &name, &k.hash).await?;
-            eprintln!("created API key {} ({name}); it is shown once, keep it safe:", k.key_id);
+            eprintln!(
+                "created API key {} ({name}); it is shown once, keep it safe:",
+                k.key_id
+            );
             println!("{}", k.secret);
         }
         ApikeyCommand::Ls { common } => {
             let store = polydev_controller::open_store(&common.config()).await?;
             for k in store.list_api_keys().await? {
-                println!("{}\t{}\t{}", k.key_id, k.name, if k.revoked { "revoked" } else { "active" });
+                println!(
+                    "{}\t{}\t{}",
+                    k.key_id,
+                    k.name,
+                    if k.revoked { "revoked" } else { "active" }
+                );
             }
         }
         ApikeyCommand::Revoke { common, key_id } => {

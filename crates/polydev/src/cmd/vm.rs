@@ -43,7 +43,10 @@ pub async fn run(c: VmCommand) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&vms)?);
                 return Ok(());
             }
-            println!("{:<20} {:<8} {:<10} {:<16} {:>5} {:>8}  REASON", "ID", "TYPE", "STATUS", "USER", "VCPU", "MEM_MB");
+            println!(
+                "{:<20} {:<8} {:<10} {:<16} {:>5} {:>8}  REASON",
+                "ID", "TYPE", "STATUS", "USER", "VCPU", "MEM_MB"
+            );
             for v in vms {
                 println!(
                     "{:<20} {:<8} {:<10} {:<16} {:>5} {:>8}  {}",
@@ -59,9 +62,13 @@ pub async fn run(c: VmCommand) -> anyhow::Result<()> {
         }
         VmCommand::Logs { common, vm_id } => {
             let store = polydev_controller::open_store(&common.config()).await?;
-            let v = store.get_vm(&vm_id).await?.ok_or_else(|| anyhow::anyhow!("no VM with id {vm_id}"))?;
+            let v = store
+                .get_vm(&vm_id)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("no VM with id {vm_id}"))?;
             let path = std::path::Path::new(&v.dir).join(polydev_vmm::CONSOLE_FILE);
-            let text = std::fs::read(&path).map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+            let text = std::fs::read(&path)
+                .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
             print!("{}", String::from_utf8_lossy(&text));
         }
         VmCommand::Rm { common, vm_id } => {
