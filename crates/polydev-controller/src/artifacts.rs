@@ -30,6 +30,7 @@ pub fn locate(cfg: &Config, vm_type: Option<VmType>) -> Result<Artifacts, String
             kernel,
             rootfs,
             image_note: "POLYDEV_ROOTFS".into(),
+            home_disk: false,
         });
     }
     let latest = |f: Flavour| {
@@ -42,6 +43,8 @@ pub fn locate(cfg: &Config, vm_type: Option<VmType>) -> Result<Artifacts, String
                 kernel,
                 rootfs: img.path,
                 image_note: format!("{flavour} image"),
+                // The CLI flavour mounts a per-user home disk from /dev/vdc.
+                home_disk: flavour.name() == "cli",
             });
         }
     }
@@ -59,6 +62,7 @@ pub fn locate(cfg: &Config, vm_type: Option<VmType>) -> Result<Artifacts, String
         kernel,
         rootfs,
         image_note: note,
+        home_disk: false,
     })
 }
 

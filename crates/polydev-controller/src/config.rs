@@ -43,6 +43,8 @@ pub struct Config {
     pub cli_size: VmSize,
     /// Size of each VM's writable state disk in MiB (sparse).
     pub state_disk_mb: u64,
+    /// Size of each user's persistent home disk in MiB (sparse).
+    pub home_disk_mb: u64,
     /// Extra kernel arguments for every VM.
     pub extra_kernel_args: Vec<String>,
     /// Largest accepted request body in bytes.
@@ -71,6 +73,7 @@ impl Config {
                 memory_mb: 2048,
             },
             state_disk_mb: 1024,
+            home_disk_mb: 4096,
             extra_kernel_args: Vec::new(),
             max_body_bytes: 64 * 1024,
         }

@@ -27,6 +27,8 @@ pub struct Artifacts {
     pub rootfs: PathBuf,
     /// Which image that is, in words (logged when a VM is created).
     pub image_note: String,
+    /// The image mounts a per-user home disk (the CLI flavour).
+    pub home_disk: bool,
 }
 
 /// Errors from the runtime that an API caller can act on.
@@ -57,6 +59,8 @@ struct StoredSpec {
     kernel: PathBuf,
     rootfs: PathBuf,
     extra_kernel_args: Vec<String>,
+    #[serde(default)]
+    home_disk: Option<PathBuf>,
 }
 
 /// Name of the file in a VM's directory recording how it was started.
@@ -167,6 +171,22 @@ impl Runtime {
     ) -> Result<VmRecord, RuntimeError> {
         let artifacts = self.artifacts(Some(vm_type))?;
         self.store.ensure_user(user_id).await?;
+        if artifacts.home_disk {
+            // One home disk must never be attached to two running VMs.
+            let live = self.store.list_vms(Some(user_id), false).await?;
+            if let Some(other) = live.iter().find(|v| {
+                v.vm_type == VmType::Cli
+                    && matches!(
+                        v.status,
+                        VmStatus::Creating | VmStatus::Running | VmStatus::Hibernated
+                    )
+            }) {
+                return Err(RuntimeError::Conflict(format!(
+                    "user {user_id} already has CLI VM {} ({}); their home disk can be attached to one VM only",
+                    other.vm_id, other.status
+                )));
+            }
+        }
         let vm_id = vm_id.to_string();
         let size = self.cfg.size(vm_type);
         let dir = self.cfg.vms_dir().join(&vm_id);
@@ -275,6 +295,11 @@ impl Runtime {
             kernel: artifacts.kernel.clone(),
             rootfs: artifacts.rootfs.clone(),
             extra_kernel_args: self.cfg.extra_kernel_args.clone(),
+            home_disk: if artifacts.home_disk {
+                Some(self.home_disk_for(&rec.user_id)?)
+            } else {
+                None
+            },
         };
         write_private(
             &dir.join(SPEC_FILE),
@@ -305,7 +330,23 @@ impl Runtime {
             memory_mb: rec.memory_mb as u32,
             netns: rec.netns.clone(),
             extra_kernel_args: stored.extra_kernel_args,
+            home_disk: stored.home_disk,
         })
+    }
+
+    /// The user's persistent home disk (`<data-dir>/users/<user>/home.ext4`),
+    /// made on first use. It outlives every VM of the user.
+    fn home_disk_for(&self, user_id: &str) -> Result<PathBuf, String> {
+        let dir = self.cfg.data_dir.join("users").join(user_id);
+        let path = dir.join("home.ext4");
+        if !path.exists() {
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| format!("creating {}: {e}", dir.display()))?;
+            polydev_image::home_disk::make_home_disk(&path, self.cfg.home_disk_mb)
+                .map_err(|e| format!("making the home disk of {user_id}: {e}"))?;
+            tracing::info!(user_id, path = %path.display(), size_mb = self.cfg.home_disk_mb, "made a home disk");
+        }
+        Ok(path)
     }
 
     /// The VMM process of a VM: our child, or a re-adopted process found by
@@ -708,6 +749,21 @@ impl Runtime {
     async fn run_destroy(&self, rec: &VmRecord) {
         let lock = self.op_lock(&rec.vm_id);
         let _g = lock.lock().await;
+        // A persistent home disk must not lose what the guest still caches:
+        // ask the guest to flush before its VMM is stopped.
+        let has_home = self
+            .spec_of(rec)
+            .map(|s| s.home_disk.is_some())
+            .unwrap_or(false);
+        if has_home && rec.status == VmStatus::Running {
+            let body = serde_json::json!({"argv": ["sync"], "timeoutMs": 10000});
+            if let Err(e) = self
+                .agent_call(rec, "POST", "/exec", Some(body), Duration::from_secs(15))
+                .await
+            {
+                tracing::warn!(vm_id = %rec.vm_id, error = %e, "could not flush the guest before destroying it");
+            }
+        }
         if let Err(e) = self.reclaim(rec, false).await {
             tracing::error!(vm_id = %rec.vm_id, error = %e, "destroying VM");
             return;

@@ -167,6 +167,7 @@ pub fn snapshot_bench(vmm: &dyn Vmm, input: &BenchInput) -> Result<BenchResult> 
         kernel: input.kernel.clone(),
         rootfs: input.rootfs.clone(),
         state_disk: dir.join("state.ext4"),
+        home_disk: None,
         vcpus: input.vcpus,
         memory_mb: input.memory_mb,
         netns: input.netns.clone(),

@@ -82,6 +82,9 @@ pub struct VmSpec {
     pub rootfs: PathBuf,
     /// Per-VM writable state disk, attached as the second disk.
     pub state_disk: PathBuf,
+    /// A user's persistent home disk, attached third (`/dev/vdc`) and
+    /// mounted by the guest on the CLI user's home; `None` for none.
+    pub home_disk: Option<PathBuf>,
     /// Number of vCPUs.
     pub vcpus: u32,
     /// Guest memory in MiB.

@@ -93,6 +93,16 @@ impl Qemu {
             ),
             "-device".into(),
             "virtio-blk-device,drive=state".into(),
+        ];
+        if let Some(home) = &spec.home_disk {
+            a.extend([
+                "-drive".into(),
+                format!("id=home,file={},format=raw,if=none", d(home)),
+                "-device".into(),
+                "virtio-blk-device,drive=home".into(),
+            ]);
+        }
+        a.extend([
             "-netdev".into(),
             format!("tap,id=net0,ifname={TAP_NAME},script=no,downscript=no,vnet_hdr=on"),
             "-device".into(),
@@ -105,7 +115,7 @@ impl Qemu {
             format!("file:{}", d(&spec.console_path())),
             "-qmp".into(),
             format!("unix:{},server=on,wait=off", d(&spec.dir.join(QMP_SOCKET))),
-        ];
+        ]);
         a.shrink_to_fit();
         a
     }
@@ -306,6 +316,7 @@ mod tests {
             kernel: "/k/vmlinux".into(),
             rootfs: "/i/rootfs.ext4".into(),
             state_disk: "/var/lib/polydev/vms/vm_1/state.ext4".into(),
+            home_disk: None,
             vcpus: 2,
             memory_mb: 512,
             netns: "pd0".into(),

@@ -26,6 +26,9 @@ pub struct SpecEssentials {
     pub rootfs: PathBuf,
     /// Per-VM state disk.
     pub state_disk: PathBuf,
+    /// The user's home disk, when one was attached.
+    #[serde(default)]
+    pub home_disk: Option<PathBuf>,
     /// vCPUs.
     pub vcpus: u32,
     /// Guest memory in MiB.
@@ -42,6 +45,7 @@ impl SpecEssentials {
             kernel: spec.kernel.clone(),
             rootfs: spec.rootfs.clone(),
             state_disk: spec.state_disk.clone(),
+            home_disk: spec.home_disk.clone(),
             vcpus: spec.vcpus,
             memory_mb: spec.memory_mb,
             kernel_cmdline: spec.kernel_cmdline(),
@@ -177,6 +181,12 @@ impl SnapshotMeta {
                 diffs.push(format!("{what} {} != {}", a.display(), b.display()));
             }
         }
+        if s.home_disk != now.home_disk {
+            diffs.push(format!(
+                "home disk {:?} != {:?}",
+                s.home_disk, now.home_disk
+            ));
+        }
         if diffs.is_empty() {
             Ok(())
         } else {
@@ -224,6 +234,7 @@ mod tests {
             kernel: "/k/vmlinux".into(),
             rootfs: "/i/rootfs.ext4".into(),
             state_disk: dir.join("state.ext4"),
+            home_disk: None,
             vcpus: 1,
             memory_mb: 512,
             netns: "pd0".into(),

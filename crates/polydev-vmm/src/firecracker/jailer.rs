@@ -192,6 +192,7 @@ mod tests {
             kernel: "/k/vmlinux".into(),
             rootfs: "/i/rootfs.ext4".into(),
             state_disk: "/var/lib/polydev/vms/vm_01HX/state.ext4".into(),
+            home_disk: None,
             vcpus: 2,
             memory_mb: 512,
             netns: "pd1a2b-x".into(),

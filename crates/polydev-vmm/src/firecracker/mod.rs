@@ -135,7 +135,14 @@ impl Firecracker {
     /// path, body)`.
     pub fn boot_requests(&self, spec: &VmSpec) -> Vec<(&'static str, String, serde_json::Value)> {
         use polydev_core::guest::{GUEST_MAC, TAP_NAME};
-        vec![
+        let home = spec.home_disk.as_ref().map(|h| {
+            (
+                "PUT",
+                "/drives/home".to_string(),
+                api::drive("home", h, false, false),
+            )
+        });
+        let mut reqs = vec![
             (
                 "PUT",
                 "/logger".into(),
@@ -173,7 +180,12 @@ impl Firecracker {
             ),
             ("PUT", "/entropy".into(), api::entropy()),
             ("PUT", "/actions".into(), api::instance_start()),
-        ]
+        ];
+        // The home disk is the third drive (vdc): after root and state.
+        if let Some(h) = home {
+            reqs.insert(6, h);
+        }
+        reqs
     }
 
     /// The requests that restore `snap`, in order.
@@ -303,7 +315,11 @@ impl Vmm for Firecracker {
                 (&spec.kernel, false),
                 (&spec.rootfs, false),
                 (&spec.state_disk, true),
-            ],
+            ]
+            .into_iter()
+            .chain(spec.home_disk.iter().map(|h| (h, true)))
+            .map(|(p, w)| (p.as_path(), w))
+            .collect::<Vec<_>>(),
         )?;
         self.send_all(spec, &p, self.boot_requests(spec), API_TIMEOUT)?;
         Ok(p)
@@ -409,7 +425,11 @@ impl Vmm for Firecracker {
                 (&spec.state_disk, true),
                 (&state, false),
                 (&memory, false),
-            ],
+            ]
+            .into_iter()
+            .chain(spec.home_disk.iter().map(|h| (h, true)))
+            .map(|(p, w)| (p.as_path(), w))
+            .collect::<Vec<_>>(),
         )?;
         let reqs = self.restore_requests(spec, snap);
         self.send_all(spec, &p, reqs, SNAPSHOT_TIMEOUT)?;
@@ -435,6 +455,7 @@ mod tests {
             kernel: "/k/vmlinux".into(),
             rootfs: "/i/rootfs.ext4".into(),
             state_disk: "/var/lib/polydev/vms/vm_1/state.ext4".into(),
+            home_disk: None,
             vcpus: 1,
             memory_mb: 512,
             netns: "pd0".into(),

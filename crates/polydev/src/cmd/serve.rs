@@ -30,6 +30,9 @@ pub struct Args {
     /// Size of each VM's sparse writable state disk in MiB.
     #[arg(long, env = "POLYDEV_STATE_DISK_MB", default_value_t = 1024)]
     state_disk_mb: u64,
+    /// Size of each user's persistent home disk in MiB (sparse; CLI image).
+    #[arg(long, env = "POLYDEV_HOME_DISK_MB", default_value_t = 4096)]
+    home_disk_mb: u64,
     /// Extra kernel command-line arguments for every VM (space-separated).
     #[arg(long, env = "POLYDEV_EXTRA_KERNEL_ARGS", default_value = "")]
     extra_kernel_args: String,
@@ -61,6 +64,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         memory_mb: a.cli_memory_mb,
     };
     cfg.state_disk_mb = a.state_disk_mb;
+    cfg.home_disk_mb = a.home_disk_mb;
     cfg.extra_kernel_args = a
         .extra_kernel_args
         .split_whitespace()

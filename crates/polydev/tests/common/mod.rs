@@ -273,3 +273,48 @@ pub fn token_of(c: &Controller, id: &str) -> String {
     let v: serde_json::Value = serde_json::from_slice(&raw).unwrap();
     v["token"].as_str().unwrap().to_string()
 }
+
+/// `POST path` with a JSON body to a VM's agent, inside its namespace;
+/// returns (status, JSON body).
+pub fn agent_post(
+    netns: &str,
+    token: &str,
+    path: &str,
+    body: &serde_json::Value,
+) -> (u16, serde_json::Value) {
+    use std::io::{Read, Write};
+    let addr = format!(
+        "{}:{}",
+        polydev_core::guest::GUEST_ADDR,
+        polydev_core::guest::AGENT_PORT
+    )
+    .parse()
+    .unwrap();
+    let mut s = polydev_net::netns::connect_tcp(netns, addr, Duration::from_secs(5))
+        .expect("connect to agent");
+    s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    let b = body.to_string();
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: guest\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{b}",
+        b.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    let code = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let json = out.find("\r\n\r\n").map(|i| &out[i + 4..]).unwrap_or("");
+    // Tolerate chunked encoding: take the first JSON object in the body.
+    let json = json
+        .find('{')
+        .map(|i| &json[i..=json.rfind('}').unwrap_or(json.len() - 1)])
+        .unwrap_or("null");
+    (
+        code,
+        serde_json::from_str(json).unwrap_or(serde_json::Value::Null),
+    )
+}
