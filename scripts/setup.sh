@@ -4,7 +4,9 @@
 #      tools, PostgreSQL for the tests, iproute2, e2fsprogs),
 #   2. the `polydev` and `polydev-agent` binaries (cargo, release profile),
 #   3. the guest kernel (5-15 minutes on 2 cores the first time, then cached),
-#   4. the minimal golden image (1-3 minutes the first time, then cached).
+#   4. the golden images: minimal (under 2 minutes the first time), cli and
+#      browser (3-5 minutes each the first time: Debian packages, Chromium and
+#      the three CLIs from the npm registry), then cached.
 # Kernel and images are cached under $POLYDEV_CACHE_DIR (default
 # /var/cache/polydev). Run as root. Safe to run again: every step is skipped
 # or cached when nothing changed.
@@ -42,8 +44,10 @@ cargo build --release -p polydev -p polydev-agent
 step "guest kernel"
 ./target/release/polydev kernel build >/dev/null
 
-step "minimal guest image"
-./target/release/polydev image build minimal >/dev/null
+for flavour in minimal cli browser; do
+  step "$flavour guest image"
+  ./target/release/polydev image build "$flavour" >/dev/null
+done
 
 step "setup done: ./target/release/polydev doctor"
 ./target/release/polydev doctor || true
