@@ -368,23 +368,34 @@ impl Runtime {
         })
     }
 
-    /// Hibernates a running VM: a full VMM snapshot into its directory, then
-    /// the VMM exits. The namespace and slot stay reserved for the resume.
-    pub async fn hibernate(&self, vm_id: &str) -> Result<VmRecord, RuntimeError> {
-        let lock = self.op_lock(vm_id);
-        let _g = lock.lock().await;
+    /// The record and spec of a VM that must be in `want` for `verb`.
+    async fn vm_in(
+        &self,
+        vm_id: &str,
+        want: VmStatus,
+        verb: &str,
+    ) -> Result<(VmRecord, VmSpec), RuntimeError> {
         let rec = self
             .store
             .get_vm(vm_id)
             .await?
             .ok_or_else(|| RuntimeError::NotFound(vm_id.into()))?;
-        if rec.status != VmStatus::Running {
+        if rec.status != want {
             return Err(RuntimeError::Conflict(format!(
-                "VM {vm_id} is {}; only a running VM can hibernate",
+                "VM {vm_id} is {}; only a {want} VM can {verb}",
                 rec.status
             )));
         }
         let spec = self.spec_of(&rec).map_err(RuntimeError::Vmm)?;
+        Ok((rec, spec))
+    }
+
+    /// Hibernates a running VM: a full VMM snapshot into its directory, then
+    /// the VMM exits. The namespace and slot stay reserved for the resume.
+    pub async fn hibernate(&self, vm_id: &str) -> Result<VmRecord, RuntimeError> {
+        let lock = self.op_lock(vm_id);
+        let _g = lock.lock().await;
+        let (rec, spec) = self.vm_in(vm_id, VmStatus::Running, "hibernate").await?;
         let proc_ = self
             .process_of(&rec)
             .ok_or_else(|| RuntimeError::Conflict(format!("VM {vm_id}'s VMM is not running")))?;
@@ -420,18 +431,7 @@ impl Runtime {
     pub async fn resume(&self, vm_id: &str) -> Result<VmRecord, RuntimeError> {
         let lock = self.op_lock(vm_id);
         let _g = lock.lock().await;
-        let rec = self
-            .store
-            .get_vm(vm_id)
-            .await?
-            .ok_or_else(|| RuntimeError::NotFound(vm_id.into()))?;
-        if rec.status != VmStatus::Hibernated {
-            return Err(RuntimeError::Conflict(format!(
-                "VM {vm_id} is {}; only a hibernated VM can resume",
-                rec.status
-            )));
-        }
-        let spec = self.spec_of(&rec).map_err(RuntimeError::Vmm)?;
+        let (rec, spec) = self.vm_in(vm_id, VmStatus::Hibernated, "resume").await?;
         let vmm = self.vmm.clone();
         let started = Instant::now();
         let proc_ = tokio::task::spawn_blocking(move || -> Result<VmmProcess, String> {
