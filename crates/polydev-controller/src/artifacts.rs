@@ -4,10 +4,22 @@
 //! image otherwise; the choice is recorded in [`Artifacts::image_note`].
 
 use crate::config::Config;
-use crate::runtime::Artifacts;
 use polydev_core::vm::VmType;
 use polydev_image::rootfs::Flavour;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// The guest artefacts a VM boots from.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Artifacts {
+    /// Guest kernel.
+    pub kernel: PathBuf,
+    /// Golden root filesystem.
+    pub rootfs: PathBuf,
+    /// Which image that is, in words (logged when a VM is created).
+    pub image_note: String,
+    /// The image mounts a per-user home disk (the CLI flavour).
+    pub home_disk: bool,
+}
 
 /// Finds the kernel and the root filesystem for `vm_type` (or for any VM
 /// when `vm_type` is `None`), or explains how to get them.

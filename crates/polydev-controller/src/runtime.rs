@@ -6,6 +6,7 @@
 //! Destruction is journaled in the cleanup queue and is idempotent.
 
 use crate::agent_client::AgentTarget;
+pub use crate::artifacts::Artifacts;
 use crate::config::Config;
 use polydev_core::guest::{AgentConfig, AGENT_CONFIG_REL, AGENT_PORT};
 use polydev_core::vm::{now_ms, VmStatus, VmType};
@@ -17,19 +18,6 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-/// The guest artefacts a VM boots from.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct Artifacts {
-    /// Guest kernel.
-    pub kernel: PathBuf,
-    /// Golden root filesystem.
-    pub rootfs: PathBuf,
-    /// Which image that is, in words (logged when a VM is created).
-    pub image_note: String,
-    /// The image mounts a per-user home disk (the CLI flavour).
-    pub home_disk: bool,
-}
 
 /// Errors from the runtime that an API caller can act on.
 #[derive(Debug, thiserror::Error)]
