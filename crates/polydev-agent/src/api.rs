@@ -10,7 +10,9 @@
 //! | `POST /exec` | run a command to completion ([`exec`](crate::exec)) |
 //! | `POST /files` | write a file atomically ([`files`](crate::files)) |
 //! | `POST /open-url` | record a URL and open it on the display ([`open_url`](crate::open_url)) |
-//! | `GET /oauth-url` | the last URL recorded |
+//! | `GET /oauth-url` | the active login's URL, else the last URL recorded |
+//! | `POST /auth/{provider}`, `GET /auth/callback`, `POST /auth/code` | provider logins ([`login`](crate::login)) |
+//! | `GET /credentials/status`, `GET /credentials/get` | the login's outcome ([`login`](crate::login)) |
 
 use std::sync::Arc;
 
@@ -23,6 +25,7 @@ use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
+use crate::login::{self, LoginConfig, LoginState};
 use crate::open_url::UrlState;
 use crate::{auth, exec, files, uptime};
 
@@ -38,6 +41,8 @@ pub struct AppState {
     pub token: Arc<str>,
     /// URLs handed to the agent.
     pub urls: Arc<UrlState>,
+    /// Provider logins.
+    pub login: Arc<LoginState>,
 }
 
 impl AppState {
@@ -47,7 +52,15 @@ impl AppState {
             vm_id: config.vm_id.as_str().into(),
             token: config.token.as_str().into(),
             urls: Arc::new(UrlState::default()),
+            login: Arc::new(LoginState::new(LoginConfig::default())),
         }
+    }
+
+    /// The same state with logins run per `config` (tests: the current user
+    /// and a temporary home).
+    pub fn with_login(mut self, config: LoginConfig) -> Self {
+        self.login = Arc::new(LoginState::new(config));
+        self
     }
 }
 
@@ -60,6 +73,15 @@ pub struct ApiError {
 }
 
 impl ApiError {
+    /// Any status with its code and message.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
     /// 401: missing or wrong token.
     pub fn unauthorized(message: impl Into<String>) -> Self {
         Self {
@@ -112,6 +134,11 @@ pub fn router(state: AppState) -> Router {
         .route("/files", post(files_handler))
         .route("/open-url", post(open_url_handler))
         .route("/oauth-url", get(oauth_url_handler))
+        .route("/auth/callback", get(login::callback_handler))
+        .route("/auth/code", post(login::code_handler))
+        .route("/auth/{provider}", post(login::start_handler))
+        .route("/credentials/status", get(login::status_handler))
+        .route("/credentials/get", get(login::get_handler))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn_with_state(
@@ -135,7 +162,7 @@ async fn not_found(uri: axum::http::Uri) -> ApiError {
 }
 
 /// Parses a JSON body into `T`, answering 400 in the common error shape.
-fn parse_body<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+pub(crate) fn parse_body<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
     serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("request body is not valid: {e}")))
 }
@@ -181,6 +208,11 @@ async fn open_url_handler(
 }
 
 async fn oauth_url_handler(State(state): State<AppState>) -> Json<serde_json::Value> {
+    if let Some((url, provider, session_id)) = state.login.oauth_url() {
+        return Json(
+            json!({"success": true, "oauthUrl": url, "source": "login", "provider": provider, "sessionId": session_id}),
+        );
+    }
     match state.urls.last() {
         Some(u) => Json(
             json!({"success": true, "oauthUrl": u.url, "source": u.source, "uptimeMs": u.uptime_ms, "opened": u.opened}),

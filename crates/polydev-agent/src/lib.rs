@@ -13,6 +13,7 @@ pub mod auth;
 pub mod config;
 pub mod exec;
 pub mod files;
+pub mod login;
 pub mod open_url;
 pub mod ready;
 pub mod uptime;
