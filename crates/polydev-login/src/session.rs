@@ -387,7 +387,10 @@ impl LoginSession {
             timeout,
             rx.wait_for(|s| !matches!(s, LoginStatus::Waiting { oauth_url: None })),
         )
-        .await;
+        .await
+        // Keep only whether it timed out: the borrowed status must not be
+        // held across the awaits below (the future stays `Send`).
+        .map(|_| ());
         if self.expects_hook {
             let deadline = tokio::time::Instant::now() + HOOK_GRACE;
             while self.urls().hook.is_empty()
