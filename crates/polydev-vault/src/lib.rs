@@ -67,15 +67,22 @@ impl MasterKey {
     /// reveals nothing usable.
     pub fn parse(text: &str) -> Result<MasterKey, VaultError> {
         let t = text.trim();
-        let bytes = Zeroizing::new(if t.len() == 64 && t.bytes().all(|b| b.is_ascii_hexdigit()) {
-            hex::decode(t).map_err(|_| VaultError::BadKey("invalid hex".into()))?
-        } else {
-            base64::engine::general_purpose::STANDARD
-                .decode(t)
-                .map_err(|_| VaultError::BadKey("expected 64 hex digits or base64 of 32 bytes".into()))?
-        });
+        let bytes = Zeroizing::new(
+            if t.len() == 64 && t.bytes().all(|b| b.is_ascii_hexdigit()) {
+                hex::decode(t).map_err(|_| VaultError::BadKey("invalid hex".into()))?
+            } else {
+                base64::engine::general_purpose::STANDARD
+                    .decode(t)
+                    .map_err(|_| {
+                        VaultError::BadKey("expected 64 hex digits or base64 of 32 bytes".into())
+                    })?
+            },
+        );
         if bytes.len() != 32 {
-            return Err(VaultError::BadKey(format!("expected 32 bytes, got {}", bytes.len())));
+            return Err(VaultError::BadKey(format!(
+                "expected 32 bytes, got {}",
+                bytes.len()
+            )));
         }
         let mut key = [0u8; 32];
         key.copy_from_slice(&bytes);
@@ -110,7 +117,8 @@ impl MasterKey {
     /// can read.
     pub fn from_file(path: &std::path::Path) -> Result<MasterKey, VaultError> {
         use std::os::unix::fs::PermissionsExt;
-        let meta = std::fs::metadata(path).map_err(|e| VaultError::BadKey(format!("{}: {e}", path.display())))?;
+        let meta = std::fs::metadata(path)
+            .map_err(|e| VaultError::BadKey(format!("{}: {e}", path.display())))?;
         if meta.permissions().mode() & 0o077 != 0 {
             return Err(VaultError::BadKey(format!(
                 "{} is readable by other users (mode {:o}); chmod 600 it",
@@ -119,7 +127,8 @@ impl MasterKey {
             )));
         }
         let text = Zeroizing::new(
-            std::fs::read_to_string(path).map_err(|e| VaultError::BadKey(format!("{}: {e}", path.display())))?,
+            std::fs::read_to_string(path)
+                .map_err(|e| VaultError::BadKey(format!("{}: {e}", path.display())))?,
         );
         MasterKey::parse(&text).map_err(|e| VaultError::BadKey(format!("{}: {e}", path.display())))
     }
@@ -127,7 +136,8 @@ impl MasterKey {
     fn cipher(&self, salt: &[u8]) -> Aes256Gcm {
         let hk = hkdf::Hkdf::<sha2::Sha256>::new(Some(salt), &self.key);
         let mut okm = Zeroizing::new([0u8; 32]);
-        hk.expand(HKDF_INFO, okm.as_mut()).expect("32 bytes is a valid HKDF-SHA256 length");
+        hk.expand(HKDF_INFO, okm.as_mut())
+            .expect("32 bytes is a valid HKDF-SHA256 length");
         Aes256Gcm::new_from_slice(okm.as_ref()).expect("32-byte key")
     }
 }
@@ -167,7 +177,10 @@ pub struct Keyring {
 impl Keyring {
     /// A keyring with only `current`.
     pub fn new(current: MasterKey) -> Keyring {
-        Keyring { current, old: Vec::new() }
+        Keyring {
+            current,
+            old: Vec::new(),
+        }
     }
 
     /// Adds an older key accepted for decryption.
@@ -208,7 +221,9 @@ impl Keyring {
     }
 
     fn key(&self, id: &str) -> Option<&MasterKey> {
-        std::iter::once(&self.current).chain(self.old.iter()).find(|k| k.id() == id)
+        std::iter::once(&self.current)
+            .chain(self.old.iter())
+            .find(|k| k.id() == id)
     }
 
     /// Encrypts `plaintext` for `user_id`/`provider` under the current key.
@@ -221,14 +236,31 @@ impl Keyring {
         let aad = aad(user_id, provider, k.id());
         let mut out = k
             .cipher(&salt)
-            .encrypt(Nonce::from_slice(&iv), Payload { msg: plaintext, aad: &aad })
+            .encrypt(
+                Nonce::from_slice(&iv),
+                Payload {
+                    msg: plaintext,
+                    aad: &aad,
+                },
+            )
             .expect("AES-GCM encryption of an in-memory buffer cannot fail");
         let tag = out.split_off(out.len() - TAG_LEN);
-        Sealed { ciphertext: out, iv, tag, salt, key_id: k.id().to_string() }
+        Sealed {
+            ciphertext: out,
+            iv,
+            tag,
+            salt,
+            key_id: k.id().to_string(),
+        }
     }
 
     /// Decrypts a record, checking it belongs to `user_id`/`provider`.
-    pub fn open(&self, user_id: &str, provider: &str, s: &Sealed) -> Result<Zeroizing<Vec<u8>>, VaultError> {
+    pub fn open(
+        &self,
+        user_id: &str,
+        provider: &str,
+        s: &Sealed,
+    ) -> Result<Zeroizing<Vec<u8>>, VaultError> {
         if s.iv.len() != NONCE_LEN || s.tag.len() != TAG_LEN || s.salt.len() != SALT_LEN {
             return Err(VaultError::Malformed(format!(
                 "iv {} bytes, tag {} bytes, salt {} bytes",
@@ -237,20 +269,36 @@ impl Keyring {
                 s.salt.len()
             )));
         }
-        let k = self.key(&s.key_id).ok_or_else(|| VaultError::UnknownKey(s.key_id.clone()))?;
+        let k = self
+            .key(&s.key_id)
+            .ok_or_else(|| VaultError::UnknownKey(s.key_id.clone()))?;
         let mut ct = Vec::with_capacity(s.ciphertext.len() + TAG_LEN);
         ct.extend_from_slice(&s.ciphertext);
         ct.extend_from_slice(&s.tag);
         let aad = aad(user_id, provider, &s.key_id);
         k.cipher(&s.salt)
-            .decrypt(Nonce::from_slice(&s.iv), Payload { msg: &ct, aad: &aad })
+            .decrypt(
+                Nonce::from_slice(&s.iv),
+                Payload {
+                    msg: &ct,
+                    aad: &aad,
+                },
+            )
             .map(Zeroizing::new)
-            .map_err(|_| VaultError::Decrypt { user_id: user_id.into(), provider: provider.into() })
+            .map_err(|_| VaultError::Decrypt {
+                user_id: user_id.into(),
+                provider: provider.into(),
+            })
     }
 
     /// Re-encrypts a record under the current key (rotation). Returns `None`
     /// when it already is.
-    pub fn reencrypt(&self, user_id: &str, provider: &str, s: &Sealed) -> Result<Option<Sealed>, VaultError> {
+    pub fn reencrypt(
+        &self,
+        user_id: &str,
+        provider: &str,
+        s: &Sealed,
+    ) -> Result<Option<Sealed>, VaultError> {
         if s.key_id == self.current.id() {
             return Ok(None);
         }
@@ -263,7 +311,8 @@ impl Keyring {
 mod tests {
     use super::*;
 
-    const CREDS: &[u8] = br#"{"claudeAiOauth":{"accessToken":"sk-ant-oat01-secret","refreshToken":"r"}}"#;
+    const CREDS: &[u8] =
+        br#"{"claudeAiOauth":{"accessToken":"sk-ant-oat01-secret","refreshToken":"r"}}"#;
 
     #[test]
     fn round_trip_with_fresh_salt_and_nonce_each_time() {
@@ -273,7 +322,10 @@ mod tests {
         assert_ne!(a.salt, b.salt);
         assert_ne!(a.iv, b.iv);
         assert_ne!(a.ciphertext, b.ciphertext);
-        assert!(!a.ciphertext.windows(10).any(|w| CREDS.windows(10).any(|c| c == w)));
+        assert!(!a
+            .ciphertext
+            .windows(10)
+            .any(|w| CREDS.windows(10).any(|c| c == w)));
         assert_eq!(&ring.open("alice", "claude_code", &a).unwrap()[..], CREDS);
     }
 
@@ -281,11 +333,20 @@ mod tests {
     fn a_row_copied_to_another_user_or_provider_fails() {
         let ring = Keyring::new(MasterKey::generate());
         let s = ring.seal("alice", "codex", CREDS);
-        assert!(matches!(ring.open("mallory", "codex", &s), Err(VaultError::Decrypt { .. })));
-        assert!(matches!(ring.open("alice", "gemini_cli", &s), Err(VaultError::Decrypt { .. })));
+        assert!(matches!(
+            ring.open("mallory", "codex", &s),
+            Err(VaultError::Decrypt { .. })
+        ));
+        assert!(matches!(
+            ring.open("alice", "gemini_cli", &s),
+            Err(VaultError::Decrypt { .. })
+        ));
         let mut forged = s.clone();
         forged.key_id = "mk_other".into();
-        assert!(matches!(ring.open("alice", "codex", &forged), Err(VaultError::UnknownKey(_))));
+        assert!(matches!(
+            ring.open("alice", "codex", &forged),
+            Err(VaultError::UnknownKey(_))
+        ));
         let mut tampered = s.clone();
         tampered.ciphertext[0] ^= 1;
         assert!(ring.open("alice", "codex", &tampered).is_err());
@@ -297,11 +358,19 @@ mod tests {
         let new = MasterKey::generate();
         let s = Keyring::new(old.clone()).seal("alice", "codex", CREDS);
         // The new key alone cannot read the old row.
-        assert!(Keyring::new(new.clone()).open("alice", "codex", &s).is_err());
+        assert!(Keyring::new(new.clone())
+            .open("alice", "codex", &s)
+            .is_err());
         let ring = Keyring::new(new.clone()).with_old(old);
-        let r = ring.reencrypt("alice", "codex", &s).unwrap().expect("re-encrypted");
+        let r = ring
+            .reencrypt("alice", "codex", &s)
+            .unwrap()
+            .expect("re-encrypted");
         assert_eq!(r.key_id, new.id());
-        assert_eq!(&Keyring::new(new).open("alice", "codex", &r).unwrap()[..], CREDS);
+        assert_eq!(
+            &Keyring::new(new).open("alice", "codex", &r).unwrap()[..],
+            CREDS
+        );
         assert!(ring.reencrypt("alice", "codex", &r).unwrap().is_none());
     }
 
@@ -326,7 +395,10 @@ mod tests {
         let p = dir.path().join("master.key");
         std::fs::write(&p, MasterKey::generate().to_hex().as_bytes()).unwrap();
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
-        assert!(MasterKey::from_file(&p).unwrap_err().to_string().contains("chmod 600"));
+        assert!(MasterKey::from_file(&p)
+            .unwrap_err()
+            .to_string()
+            .contains("chmod 600"));
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
         assert!(MasterKey::from_file(&p).is_ok());
     }
