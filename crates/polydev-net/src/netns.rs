@@ -34,15 +34,22 @@ pub fn exists(name: &str) -> bool {
     check_name(name).is_ok() && path(name).exists()
 }
 
+/// Serialises `ip netns add/delete` within this process: on first use
+/// iproute2 turns `/run/netns` into a shared bind mount, and two concurrent
+/// first calls can stack two mounts and hide each other's namespaces.
+static NETNS_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Creates a named namespace.
 pub fn create(name: &str) -> Result<()> {
     check_name(name)?;
+    let _g = NETNS_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     cmd::ip(&["netns", "add", name]).map(|_| ())
 }
 
 /// Deletes a named namespace (and with it every virtual device inside).
 pub fn delete(name: &str) -> Result<()> {
     check_name(name)?;
+    let _g = NETNS_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     if !exists(name) {
         return Ok(());
     }
