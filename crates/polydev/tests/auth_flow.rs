@@ -1,12 +1,24 @@
 //! The connect flow's API: start, status, cancel, rate limit, failure with a
-//! reason, and a controller restart in the middle of a session. These run on
-//! the minimal image (no VNC, no provider login), so a session that gets as
-//! far as the display check must fail there, saying so, and leave nothing
-//! behind. The full sign-in with stand-in CLIs runs on the browser image.
+//! reason, and a controller restart in the middle of a session. These boot
+//! the minimal image (`POLYDEV_ROOTFS`: no VNC, no provider login), so a
+//! session that gets as far as the display check must fail there, saying so,
+//! and leave nothing behind.
 
 mod common;
 use common::{processes_mentioning, Controller};
 use std::time::{Duration, Instant};
+
+/// A controller whose VMs all boot the minimal image.
+fn controller(env: &[(&str, &str)]) -> Controller {
+    let cache = polydev_image::cache_dir_from_env();
+    let minimal = polydev_image::rootfs::latest(polydev_image::rootfs::Flavour::Minimal, &cache)
+        .expect("reading the image cache")
+        .expect("the minimal image is built (polydev image build minimal)");
+    let rootfs = minimal.path.display().to_string();
+    let mut all: Vec<(&str, &str)> = env.to_vec();
+    all.push(("POLYDEV_ROOTFS", &rootfs));
+    Controller::start(&all)
+}
 
 fn session(c: &Controller, id: &str) -> serde_json::Value {
     let (st, v) = c.call("GET", &format!("/api/auth/session/{id}"), None);
@@ -62,7 +74,7 @@ fn assert_vm_gone(c: &Controller, vm: &str) {
 
 #[test]
 fn bad_requests_and_unknown_sessions() {
-    let c = Controller::start(&[]);
+    let c = controller(&[]);
     let (st, v) = c.call(
         "POST",
         "/api/auth/start",
@@ -100,7 +112,7 @@ fn bad_requests_and_unknown_sessions() {
 
 #[test]
 fn start_is_rate_limited_per_user_with_retry_after() {
-    let c = Controller::start(&[("POLYDEV_AUTH_RATE_LIMIT", "2")]);
+    let c = controller(&[("POLYDEV_AUTH_RATE_LIMIT", "2")]);
     let a = start(&c, "ratey", "codex");
     let b = start(&c, "ratey", "claude_code");
     let r = ureq::post(&c.url("/api/auth/start"))
@@ -128,7 +140,7 @@ fn start_is_rate_limited_per_user_with_retry_after() {
 
 #[test]
 fn cancel_destroys_the_browser_vm() {
-    let c = Controller::start(&[]);
+    let c = controller(&[]);
     let id = start(&c, "canceller", "claude_code");
     // Cancel while the VM boots.
     let start = Instant::now();
@@ -159,7 +171,7 @@ fn cancel_destroys_the_browser_vm() {
 
 #[test]
 fn a_browser_vm_without_a_display_fails_the_session_with_a_reason() {
-    let c = Controller::start(&[("POLYDEV_AUTH_DISPLAY_TIMEOUT_SECS", "5")]);
+    let c = controller(&[("POLYDEV_AUTH_DISPLAY_TIMEOUT_SECS", "5")]);
     let id = start(&c, "nodisplay", "codex");
     let s = wait_terminal(&c, &id, Duration::from_secs(420));
     assert_eq!(s["status"], "failed", "{s}");
@@ -175,14 +187,16 @@ fn a_browser_vm_without_a_display_fails_the_session_with_a_reason() {
 
 #[test]
 fn a_session_whose_vm_died_with_the_controller_fails_cleanly_after_restart() {
-    let mut c = Controller::start(&[("POLYDEV_AUTH_DISPLAY_TIMEOUT_SECS", "600")]);
+    let mut c = controller(&[("POLYDEV_AUTH_DISPLAY_TIMEOUT_SECS", "600")]);
     let id = start(&c, "crashy", "gemini_cli");
     let start = Instant::now();
     let vm = loop {
         let s = session(&c, &id);
         if s["status"] == "vm_created" {
             let vm = s["browserVmId"].as_str().unwrap().to_string();
-            if c.vm(&vm)["status"] == "running" {
+            // The id is recorded just before the VM itself: 404 until then.
+            let (st, v) = c.call("GET", &format!("/api/vms/{vm}"), None);
+            if st == 200 && v["status"] == "running" {
                 break vm;
             }
         }
