@@ -172,7 +172,7 @@ pub fn build(cache_dir: &Path, progress: &mut dyn Progress) -> Result<KernelArti
         });
     }
     progress
-        .note("building the guest kernel takes 5-15 minutes on 2 cores; it is cached afterwards");
+        .note("building the guest kernel takes 10-20 minutes on 2 cores; it is cached afterwards");
     let result = build_locked(&kernel_dir, &version, &target, progress);
     progress.finish();
     result?;

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 #[derive(Subcommand, Debug)]
 pub enum KernelCommand {
     /// Build the guest kernel from Debian's linux-source-6.1 and the committed
-    /// config fragment. Takes 5-15 minutes on 2 cores; cached afterwards.
+    /// config fragment. Takes 10-20 minutes on 2 cores; cached afterwards.
     Build {
         /// Cache directory.
         #[arg(long, env = "POLYDEV_CACHE_DIR", default_value_t = polydev_controller::config::default_cache_dir())]
