@@ -11,7 +11,6 @@
 use std::path::Path;
 use std::process::Command;
 
-use crate::command;
 use crate::error::{Error, Result};
 use crate::flavour::{GUEST_UID, HOME_LABEL};
 
@@ -35,17 +34,11 @@ pub fn make_home_disk(path: &Path, size_mb: u64) -> Result<()> {
         .create_new(true)
         .open(path)
         .map_err(Error::io("create home disk", path))?;
-    file.set_len(size_mb * 1024 * 1024)
-        .map_err(Error::io("resize", path))?;
-    drop(file);
     let mut mkfs = Command::new("mkfs.ext4");
     mkfs.args(["-q", "-F", "-m", "0", "-L", HOME_LABEL, "-E"])
         .arg(format!("root_owner={GUEST_UID}:{GUEST_UID}"))
         .arg(path);
-    command::run_quiet(&mut mkfs).inspect_err(|_| {
-        let _ = std::fs::remove_file(path);
-    })?;
-    Ok(())
+    crate::state_disk::format_sparse(file, path, size_mb, &mut mkfs)
 }
 
 #[cfg(test)]

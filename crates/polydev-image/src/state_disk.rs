@@ -62,15 +62,27 @@ pub fn make_state_disk(path: &Path, size_mb: u64, files: &[(&str, &[u8], u32)]) 
             .map_err(Error::io("chmod", &dest))?;
     }
     let file = std::fs::File::create(path).map_err(Error::io("create", path))?;
-    file.set_len(size_mb * 1024 * 1024)
-        .map_err(Error::io("resize", path))?;
-    drop(file);
     let mut mkfs = Command::new("mkfs.ext4");
     mkfs.args(["-q", "-F", "-d"])
         .arg(root)
         .args(["-L", STATE_LABEL])
         .arg(path);
-    command::run_quiet(&mut mkfs).inspect_err(|_| {
+    format_sparse(file, path, size_mb, &mut mkfs)
+}
+
+/// Grows the just-created `file` at `path` to `size_mb` (sparse) and runs
+/// `mkfs` on it, removing the file if that fails. Shared by every per-VM and
+/// per-user disk: none of them is ever mounted on the host.
+pub(crate) fn format_sparse(
+    file: std::fs::File,
+    path: &Path,
+    size_mb: u64,
+    mkfs: &mut Command,
+) -> Result<()> {
+    file.set_len(size_mb * 1024 * 1024)
+        .map_err(Error::io("resize", path))?;
+    drop(file);
+    command::run_quiet(mkfs).inspect_err(|_| {
         let _ = std::fs::remove_file(path);
     })?;
     Ok(())
