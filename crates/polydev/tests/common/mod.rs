@@ -246,6 +246,18 @@ impl Drop for Controller {
 /// Asks the agent of a VM directly (inside its namespace) for /health with
 /// `token`; returns the HTTP status line's code.
 pub fn agent_health(netns: &str, token: &str) -> (u16, String) {
+    agent_request(netns, token, "GET", "/health", None)
+}
+
+/// One HTTP/1.1 request to a VM's agent on a socket opened inside its
+/// namespace; returns (status, the whole response).
+pub fn agent_request(
+    netns: &str,
+    token: &str,
+    method: &str,
+    path: &str,
+    body: Option<&serde_json::Value>,
+) -> (u16, String) {
     use std::io::{Read, Write};
     let addr = format!(
         "{}:{}",
@@ -256,8 +268,14 @@ pub fn agent_health(netns: &str, token: &str) -> (u16, String) {
     .unwrap();
     let mut s = polydev_net::netns::connect_tcp(netns, addr, Duration::from_secs(5))
         .expect("connect to agent");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(s, "GET /health HTTP/1.1\r\nHost: guest\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n").unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    let b = body.map(|b| b.to_string()).unwrap_or_default();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: guest\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{b}",
+        b.len()
+    )
+    .unwrap();
     let mut out = String::new();
     let _ = s.read_to_string(&mut out);
     let code = out
@@ -274,45 +292,20 @@ pub fn token_of(c: &Controller, id: &str) -> String {
     v["token"].as_str().unwrap().to_string()
 }
 
-/// `POST path` with a JSON body to a VM's agent, inside its namespace;
-/// returns (status, JSON body).
+/// `POST path` with a JSON body to a VM's agent; returns (status, JSON body).
 pub fn agent_post(
     netns: &str,
     token: &str,
     path: &str,
     body: &serde_json::Value,
 ) -> (u16, serde_json::Value) {
-    use std::io::{Read, Write};
-    let addr = format!(
-        "{}:{}",
-        polydev_core::guest::GUEST_ADDR,
-        polydev_core::guest::AGENT_PORT
-    )
-    .parse()
-    .unwrap();
-    let mut s = polydev_net::netns::connect_tcp(netns, addr, Duration::from_secs(5))
-        .expect("connect to agent");
-    s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
-    let b = body.to_string();
-    write!(
-        s,
-        "POST {path} HTTP/1.1\r\nHost: guest\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{b}",
-        b.len()
-    )
-    .unwrap();
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    let code = out
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
+    let (code, out) = agent_request(netns, token, "POST", path, Some(body));
     let json = out.find("\r\n\r\n").map(|i| &out[i + 4..]).unwrap_or("");
-    // Tolerate chunked encoding: take the first JSON object in the body.
-    let json = json
-        .find('{')
-        .map(|i| &json[i..=json.rfind('}').unwrap_or(json.len() - 1)])
-        .unwrap_or("null");
+    // Tolerate chunked encoding: take the outermost JSON object in the body.
+    let json = match (json.find('{'), json.rfind('}')) {
+        (Some(a), Some(z)) if a <= z => &json[a..=z],
+        _ => "null",
+    };
     (
         code,
         serde_json::from_str(json).unwrap_or(serde_json::Value::Null),
