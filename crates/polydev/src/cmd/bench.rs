@@ -38,10 +38,12 @@ struct Sample {
     agent_ms: Option<i64>,
 }
 
-async fn boot_one(
+/// Creates a CLI VM and waits until it is running; a VM that fails or
+/// misses `deadline` is destroyed and reported.
+async fn create_ready(
     rt: &std::sync::Arc<polydev_controller::runtime::Runtime>,
     deadline: Duration,
-) -> anyhow::Result<Sample> {
+) -> anyhow::Result<polydev_store::VmRecord> {
     let rec = rt.create("bench", VmType::Cli).await?;
     let start = Instant::now();
     loop {
@@ -51,27 +53,33 @@ async fn boot_one(
             .await?
             .ok_or_else(|| anyhow::anyhow!("VM vanished"))?;
         match r.status {
-            VmStatus::Running => {
-                let s = Sample {
-                    total_ms: r.ready_at.unwrap_or(0) - r.created_at,
-                    kernel_ms: r.kernel_boot_ms,
-                    agent_ms: r.agent_ready_ms,
-                };
-                rt.destroy(&rec.vm_id).await?;
-                return Ok(s);
+            VmStatus::Running => return Ok(r),
+            VmStatus::Creating if start.elapsed() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await
             }
-            VmStatus::Failed | VmStatus::Destroyed => {
-                let reason = r.failure_reason.unwrap_or_default();
+            _ => {
                 rt.destroy(&rec.vm_id).await?;
-                anyhow::bail!("VM {} failed: {reason}", rec.vm_id);
+                anyhow::bail!(
+                    "VM {} did not become ready within {deadline:?}: {:?}",
+                    rec.vm_id,
+                    r.failure_reason
+                );
             }
-            _ if start.elapsed() > deadline => {
-                rt.destroy(&rec.vm_id).await?;
-                anyhow::bail!("VM {} not ready after {deadline:?}", rec.vm_id);
-            }
-            _ => tokio::time::sleep(Duration::from_millis(20)).await,
         }
     }
+}
+
+async fn boot_one(
+    rt: &std::sync::Arc<polydev_controller::runtime::Runtime>,
+    deadline: Duration,
+) -> anyhow::Result<Sample> {
+    let r = create_ready(rt, deadline).await?;
+    rt.destroy(&r.vm_id).await?;
+    Ok(Sample {
+        total_ms: r.ready_at.unwrap_or(0) - r.created_at,
+        kernel_ms: r.kernel_boot_ms,
+        agent_ms: r.agent_ready_ms,
+    })
 }
 
 fn stats(label: &str, v: &mut [i64]) {
@@ -174,29 +182,8 @@ async fn snapshot_figures(
     rt: &std::sync::Arc<polydev_controller::runtime::Runtime>,
     deadline: Duration,
 ) -> anyhow::Result<()> {
-    let rec = rt.create("bench", VmType::Cli).await?;
-    let start = Instant::now();
-    let cold = loop {
-        let r = rt
-            .store()
-            .get_vm(&rec.vm_id)
-            .await?
-            .ok_or_else(|| anyhow::anyhow!("VM vanished"))?;
-        match r.status {
-            VmStatus::Running => break r.ready_at.unwrap_or(0) - r.created_at,
-            VmStatus::Creating if start.elapsed() < deadline => {
-                tokio::time::sleep(Duration::from_millis(20)).await
-            }
-            _ => {
-                rt.destroy(&rec.vm_id).await?;
-                anyhow::bail!(
-                    "VM {} did not become ready: {:?}",
-                    rec.vm_id,
-                    r.failure_reason
-                );
-            }
-        }
-    };
+    let rec = create_ready(rt, deadline).await?;
+    let cold = rec.ready_at.unwrap_or(0) - rec.created_at;
     let mut rows = Vec::new();
     for _ in 0..3 {
         let t = Instant::now();
