@@ -41,6 +41,23 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+/// The logger and metrics requests every Firecracker process gets first,
+/// at boot and at restore.
+fn log_requests(spec: &VmSpec) -> Vec<(&'static str, String, serde_json::Value)> {
+    vec![
+        (
+            "PUT",
+            "/logger".into(),
+            api::logger(&spec.dir.join(LOG_FILE)),
+        ),
+        (
+            "PUT",
+            "/metrics".into(),
+            api::metrics(&spec.dir.join(METRICS_FILE)),
+        ),
+    ]
+}
+
 /// File name of the API socket inside a VM's directory.
 pub const API_SOCKET: &str = "firecracker.sock";
 /// File name of Firecracker's own log inside a VM's directory.
@@ -142,17 +159,8 @@ impl Firecracker {
                 api::drive("home", h, false, false),
             )
         });
-        let mut reqs = vec![
-            (
-                "PUT",
-                "/logger".into(),
-                api::logger(&spec.dir.join(LOG_FILE)),
-            ),
-            (
-                "PUT",
-                "/metrics".into(),
-                api::metrics(&spec.dir.join(METRICS_FILE)),
-            ),
+        let mut reqs = log_requests(spec);
+        reqs.extend([
             (
                 "PUT",
                 "/machine-config".into(),
@@ -180,7 +188,7 @@ impl Firecracker {
             ),
             ("PUT", "/entropy".into(), api::entropy()),
             ("PUT", "/actions".into(), api::instance_start()),
-        ];
+        ]);
         // The home disk is the third drive (vdc): after root and state.
         if let Some(h) = home {
             reqs.insert(6, h);
@@ -194,28 +202,18 @@ impl Firecracker {
         spec: &VmSpec,
         snap: &SnapshotMeta,
     ) -> Vec<(&'static str, String, serde_json::Value)> {
-        vec![
-            (
-                "PUT",
-                "/logger".into(),
-                api::logger(&spec.dir.join(LOG_FILE)),
+        let mut reqs = log_requests(spec);
+        reqs.extend([(
+            "PUT",
+            "/snapshot/load".into(),
+            api::snapshot_load(
+                &snap.file(SNAPSHOT_STATE),
+                &snap.file(SNAPSHOT_MEMORY),
+                true,
+                Some((IFACE_ID, polydev_core::guest::TAP_NAME)),
             ),
-            (
-                "PUT",
-                "/metrics".into(),
-                api::metrics(&spec.dir.join(METRICS_FILE)),
-            ),
-            (
-                "PUT",
-                "/snapshot/load".into(),
-                api::snapshot_load(
-                    &snap.file(SNAPSHOT_STATE),
-                    &snap.file(SNAPSHOT_MEMORY),
-                    true,
-                    Some((IFACE_ID, polydev_core::guest::TAP_NAME)),
-                ),
-            ),
-        ]
+        )]);
+        reqs
     }
 
     fn client(&self, spec: &VmSpec, p: Option<&VmmProcess>) -> Client {
