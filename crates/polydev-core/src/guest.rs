@@ -17,6 +17,11 @@ pub const LINK_NETMASK: &str = "255.255.255.252";
 pub const GUEST_MAC: &str = "06:00:a9:fe:00:16";
 /// TCP port the agent listens on inside the guest.
 pub const AGENT_PORT: u16 = 7070;
+/// UDP port the screen streamer (`polydev-streamer`, browser images) listens
+/// on inside the guest for WebRTC media.
+pub const STREAM_PORT: u16 = 7071;
+/// The streamer's binary inside browser images.
+pub const STREAMER_BIN: &str = "/usr/local/bin/polydev-streamer";
 
 /// Path of the init the golden image runs first: it mounts the per-VM state
 /// disk, builds the overlay root and hands over to systemd.

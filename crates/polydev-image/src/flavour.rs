@@ -25,6 +25,10 @@ pub const VNC_PORT: u16 = 5901;
 pub const OPEN_URL_HOOK: &str = "/usr/local/bin/polydev-open-url";
 /// Chromium wrapper with the flags a guest needs.
 pub const BROWSER_WRAPPER: &str = "/usr/local/bin/polydev-browser";
+/// The DevTools client for the guest's Chromium (loopback port [`CDP_PORT`]).
+pub const CDP_TOOL: &str = "/usr/local/bin/polydev-cdp";
+/// The port Chromium's DevTools protocol listens on, on the guest's loopback.
+pub const CDP_PORT: u16 = 9222;
 /// A colourful page baked into browser images for the render check.
 pub const CHECK_PAGE: &str = "/usr/share/polydev/check.html";
 /// Where the build records each CLI's `--version` output in the image.
@@ -219,6 +223,7 @@ impl Flavour {
                 0o755,
             ));
             files.push((CHECK_PAGE, include_str!("../guest/check.html"), 0o644));
+            files.push((CDP_TOOL, include_str!("../guest/polydev-cdp"), 0o755));
         }
         files
     }
@@ -287,6 +292,15 @@ mod tests {
             );
             assert!(u.text.contains(&format!("User={GUEST_USER}")), "{}", u.name);
         }
+    }
+
+    #[test]
+    fn browser_speaks_devtools_on_the_cdp_port() {
+        let files = Flavour::Browser.files();
+        let wrapper = files.iter().find(|f| f.0 == BROWSER_WRAPPER).unwrap();
+        assert!(wrapper.1.contains(&format!("--remote-debugging-port={CDP_PORT}")));
+        let cdp = files.iter().find(|f| f.0 == CDP_TOOL).unwrap();
+        assert!(cdp.1.contains(&format!("|| {CDP_PORT}")));
     }
 
     #[test]

@@ -10,6 +10,7 @@
 #![warn(missing_docs)]
 
 pub mod check;
+pub mod derived;
 pub mod command;
 pub mod error;
 pub mod flavour;

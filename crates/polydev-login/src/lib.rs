@@ -28,6 +28,7 @@ pub mod oauth_standin;
 pub mod provider;
 pub mod pty;
 pub mod session;
+pub mod standins;
 pub mod url;
 
 pub use error::LoginError;

@@ -37,6 +37,16 @@ pub enum ImageCommand {
         #[arg(long, env = "POLYDEV_AGENT_BIN")]
         agent: Option<PathBuf>,
     },
+    /// Build the TEST image `standins-browser`: the newest browser image with
+    /// `claude`, `codex` and `gemini` replaced by stand-ins that sign in
+    /// against a local OAuth server (the connect-flow tests use it; never give
+    /// it to users). Copies the image sparsely and writes the files with
+    /// debugfs; seconds, cached.
+    Standins {
+        /// Cache directory.
+        #[arg(long, env = "POLYDEV_CACHE_DIR", default_value_t = polydev_controller::config::default_cache_dir())]
+        cache_dir: String,
+    },
     /// List the built images with their size, CLIs and build time.
     Ls {
         /// Cache directory.
@@ -140,6 +150,16 @@ pub async fn image(c: ImageCommand) -> anyhow::Result<()> {
             );
             println!("{}", img.path.display());
         }
+        ImageCommand::Standins { cache_dir } => {
+            let cache = PathBuf::from(cache_dir);
+            let img = tokio::task::spawn_blocking(move || standin_image(&cache)).await??;
+            eprintln!(
+                "image {STANDIN_IMAGE} {} ({})",
+                if img.cached { "cached" } else { "built" },
+                img.hash
+            );
+            println!("{}", img.path.display());
+        }
         ImageCommand::Ls { cache_dir } => list(Path::new(&cache_dir))?,
         ImageCommand::Check {
             flavour,
@@ -171,6 +191,30 @@ pub async fn image(c: ImageCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Name of the stand-in test image in the cache.
+pub const STANDIN_IMAGE: &str = "standins-browser";
+
+/// Builds (or finds) the stand-in test image from the newest browser image.
+pub fn standin_image(cache: &Path) -> anyhow::Result<ImageArtifact> {
+    let base = newest(Flavour::Browser, cache)?;
+    let files: Vec<polydev_image::derived::DerivedFile> = polydev_login::standins::image_files()
+        .into_iter()
+        .map(|(path, content, mode)| polydev_image::derived::DerivedFile {
+            path,
+            content: content.into_bytes(),
+            mode,
+        })
+        .collect();
+    let mut p = polydev_image::StderrProgress::new("image");
+    Ok(polydev_image::derived::build(
+        STANDIN_IMAGE,
+        &base,
+        &files,
+        cache,
+        &mut p,
+    )?)
 }
 
 fn newest(flavour: Flavour, cache: &Path) -> anyhow::Result<ImageArtifact> {
