@@ -21,6 +21,7 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .route("/api/auth/start", axum::routing::post(auth_start))
         .route("/api/auth/session/{id}", get(auth_session))
         .route("/api/vm/auth/{id}", axum::routing::delete(auth_cancel))
+        .route("/api/auth/session/{id}/code", axum::routing::post(auth_code))
         .route("/api/vms/{id}/hibernate", axum::routing::post(hibernate))
         .route("/api/vms/{id}/resume", axum::routing::post(resume))
         .route_layer(axum::middleware::from_fn_with_state(
@@ -248,6 +249,8 @@ fn flow_error(e: crate::auth_flow::FlowError) -> Response {
             r
         }
         F::NotFound(_) => ApiError::not_found(e.to_string()).into_response(),
+        F::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m).into_response(),
+        F::Agent(m) => ApiError::new(StatusCode::BAD_GATEWAY, "agent_error", m).into_response(),
         F::Runtime(r) => runtime_error(r).into_response(),
     }
 }
@@ -305,6 +308,26 @@ async fn auth_cancel(State(s): State<AppState>, Path(id): Path<String>) -> Respo
             .into_response(),
         Err(e) => flow_error(e),
     }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CodeBody {
+    code: String,
+}
+
+/// `POST /api/auth/session/:id/code {code}`: the code the provider's page
+/// showed, typed into the CLI in the browser VM.
+async fn auth_code(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    body: Result<Json<CodeBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(body) = body?;
+    Ok(match s.auth.submit_code(&id, &body.code).await {
+        Ok(()) => Json(serde_json::json!({"success": true})).into_response(),
+        Err(e) => flow_error(e),
+    })
 }
 
 /// Fallback for unknown routes.

@@ -45,6 +45,15 @@ pub fn locate(cfg: &Config, vm_type: Option<VmType>) -> Result<Artifacts, String
             home_disk: false,
         });
     }
+    if let (Some(VmType::Browser), Some(p)) = (vm_type, &cfg.browser_rootfs) {
+        let rootfs = existing(p, "browser root filesystem (POLYDEV_BROWSER_ROOTFS)")?;
+        return Ok(Artifacts {
+            kernel,
+            rootfs,
+            image_note: "POLYDEV_BROWSER_ROOTFS".into(),
+            home_disk: false,
+        });
+    }
     let latest = |f: Flavour| {
         polydev_image::rootfs::latest(f, &cfg.cache_dir)
             .map_err(|e| format!("looking for the {f} image: {e}"))

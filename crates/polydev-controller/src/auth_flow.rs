@@ -69,6 +69,12 @@ pub enum FlowError {
     /// No such session.
     #[error("no sign-in session {0}")]
     NotFound(String),
+    /// The session is not in a state that allows the request.
+    #[error("{0}")]
+    Conflict(String),
+    /// The browser VM's agent refused or failed the request.
+    #[error("{0}")]
+    Agent(String),
     /// Lower layers failed.
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
@@ -197,6 +203,45 @@ impl AuthFlow {
         self.get(id).await
     }
 
+    /// Hands a code the user copied from the provider's page to the CLI in
+    /// the session's browser VM (Gemini's paste mode, Claude's `code#state`).
+    pub async fn submit_code(&self, id: &str, code: &str) -> Result<(), FlowError> {
+        let code = code.trim();
+        if code.is_empty() || code.len() > 4096 || code.chars().any(char::is_control) {
+            return Err(FlowError::Conflict(
+                "the code must be 1 to 4096 printable characters".into(),
+            ));
+        }
+        let s = self.get(id).await?;
+        if s.status != S::AwaitingUserAuth {
+            return Err(FlowError::Conflict(format!(
+                "session {id} is {}, not awaiting_user_auth: there is no login to paste a code into",
+                s.status
+            )));
+        }
+        let vm = s
+            .browser_vm_id
+            .ok_or_else(|| FlowError::Conflict(format!("session {id} has no browser VM")))?;
+        let rec = self
+            .rt
+            .store()
+            .get_vm(&vm)
+            .await?
+            .ok_or_else(|| FlowError::Conflict(format!("the browser VM {vm} is gone")))?;
+        self.rt
+            .agent_call(
+                &rec,
+                "POST",
+                "/auth/code",
+                Some(serde_json::json!({ "code": code })),
+                Duration::from_secs(30),
+            )
+            .await
+            .map_err(|e| FlowError::Agent(format!("typing the code into the {} CLI: {e}", s.provider)))?;
+        tracing::info!(session_id = id, "code handed to the CLI");
+        Ok(())
+    }
+
     /// Ends a session in `to` (if it has not ended) and destroys its VM.
     async fn end(&self, id: &str, to: S, msg: &str) {
         match self.rt.store().end_auth_session(id, to, msg).await {
@@ -317,7 +362,8 @@ impl AuthFlow {
                 break;
             }
             if let Some(err) = st.get("error").and_then(|v| v.as_str()) {
-                return Err(format!("the {} login failed: {err}", s.provider));
+                let output = st.get("output").map(|o| o.to_string()).unwrap_or_default();
+                return Err(login_failure(s.provider, err, &output));
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
@@ -332,6 +378,7 @@ impl AuthFlow {
             )
             .await
             .map_err(|e| format!("fetching the credential file: {e}"))?;
+        let companions = companion_files(&got, s.provider);
         let creds = match got.get("credentials") {
             Some(serde_json::Value::String(t)) => t.clone().into_bytes(),
             Some(v) if !v.is_null() => v.to_string().into_bytes(),
@@ -350,7 +397,8 @@ impl AuthFlow {
             .upsert_credential(&s.user_id, s.provider.as_str(), &parts)
             .await
             .map_err(|e| format!("storing the credentials: {e}"))?;
-        self.install(&s.user_id, s.provider, &creds).await?;
+        self.install(&s.user_id, s.provider, &creds, &companions)
+            .await?;
         self.advance(&id, S::AwaitingUserAuth, S::Completed, None, None)
             .await?;
         tracing::info!(session_id = %id, "sign-in session completed");
@@ -437,7 +485,13 @@ impl AuthFlow {
 
     /// Installs a credential file into the user's CLI VM (created or resumed
     /// on demand), mode 0600, owned by the CLI user.
-    async fn install(&self, user_id: &str, p: Provider, creds: &[u8]) -> Result<(), String> {
+    async fn install(
+        &self,
+        user_id: &str,
+        p: Provider,
+        creds: &[u8],
+        companions: &[(String, String)],
+    ) -> Result<(), String> {
         use base64::Engine;
         let vms = self
             .rt
@@ -473,6 +527,18 @@ impl AuthFlow {
             .agent_call(&rec, "POST", "/files", Some(body), Duration::from_secs(30))
             .await
             .map_err(|e| format!("installing the credentials in CLI VM {vm_id}: {e}"))?;
+        for (path, content_b64) in companions {
+            let body = serde_json::json!({
+                "path": path,
+                "contentBase64": content_b64,
+                "mode": "0600",
+                "owner": CLI_USER,
+            });
+            self.rt
+                .agent_call(&rec, "POST", "/files", Some(body), Duration::from_secs(30))
+                .await
+                .map_err(|e| format!("installing {path} in CLI VM {vm_id}: {e}"))?;
+        }
         Ok(())
     }
 
@@ -535,6 +601,62 @@ fn rfb_banner(netns: &str) -> Result<String, String> {
     }
 }
 
+/// Signs in the CLI's output that it could not reach the provider's servers
+/// (DNS, connection or TLS failures, as Rust, Node.js and Go clients word them).
+const UNREACHABLE_SIGNS: &[&str] = &[
+    "error sending request",
+    "ENOTFOUND",
+    "EAI_AGAIN",
+    "getaddrinfo",
+    "ECONNREFUSED",
+    "ECONNRESET",
+    "ETIMEDOUT",
+    "ENETUNREACH",
+    "EHOSTUNREACH",
+    "fetch failed",
+    "dns error",
+    "Network is unreachable",
+    "Connection refused",
+    "Could not resolve host",
+    "failed to lookup address",
+];
+
+/// The session's error for a login that failed with `err` (the CLI's last
+/// line and exit status) after printing `output`: says in words when the
+/// provider could not be reached.
+fn login_failure(p: Provider, err: &str, output: &str) -> String {
+    let all = format!("{err}\n{output}");
+    if UNREACHABLE_SIGNS.iter().any(|s| all.contains(s)) {
+        format!("the {p} login failed: cannot reach the provider from the browser VM: {err}")
+    } else {
+        format!("the {p} login failed: {err}")
+    }
+}
+
+/// The files besides the credential file that the CLI wrote at sign-in
+/// (Gemini's account and settings files), from the agent's
+/// `/credentials/get` answer: (absolute guest path, content as base64).
+/// Only paths in the CLI user's home are taken.
+fn companion_files(got: &serde_json::Value, p: Provider) -> Vec<(String, String)> {
+    let primary = credential_path(p);
+    let home = "/home/polydev/";
+    got.get("files")
+        .and_then(|f| f.as_array())
+        .map(|files| {
+            files
+                .iter()
+                .filter_map(|f| {
+                    let rel = f.get("path")?.as_str()?;
+                    let b64 = f.get("contentBase64")?.as_str()?;
+                    let path = format!("{home}{}", rel.trim_start_matches('/'));
+                    let safe = !rel.split('/').any(|c| c == "..");
+                    (safe && path != primary).then(|| (path, b64.to_string()))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 fn new_session_id() -> String {
     use rand::RngCore;
     let mut b = [0u8; 12];
@@ -555,6 +677,35 @@ mod tests {
         let retry = r.check("a", 2, w).unwrap_err();
         assert!((1..=60).contains(&retry), "{retry}");
         assert!(r.check("b", 2, w).is_ok(), "another user is not limited");
+    }
+
+    #[test]
+    fn companions_skip_the_primary_file_and_paths_outside_home() {
+        let got = serde_json::json!({"files": [
+            {"path": ".gemini/oauth_creds.json", "contentBase64": "YQ=="},
+            {"path": ".gemini/settings.json", "contentBase64": "Yg=="},
+            {"path": "../etc/passwd", "contentBase64": "Yw=="},
+        ]});
+        let c = companion_files(&got, Provider::GeminiCli);
+        assert_eq!(
+            c,
+            vec![("/home/polydev/.gemini/settings.json".to_string(), "Yg==".to_string())]
+        );
+        assert!(companion_files(&serde_json::json!({}), Provider::Codex).is_empty());
+    }
+
+    #[test]
+    fn unreachable_provider_is_said_in_words() {
+        let m = login_failure(
+            Provider::Codex,
+            "Error logging in: Token exchange error: error sending request for url (https://auth.openai.com/oauth/token) (exit code 1)",
+            "",
+        );
+        assert!(m.contains("cannot reach the provider"), "{m}");
+        let m = login_failure(Provider::GeminiCli, "FatalAuthenticationError (exit code 41)", "[\"getaddrinfo EAI_AGAIN oauth2.googleapis.com\"]");
+        assert!(m.contains("cannot reach the provider"), "{m}");
+        let m = login_failure(Provider::ClaudeCode, "Couldn't log in: invalid_grant (exit code 1)", "");
+        assert!(!m.contains("cannot reach"), "{m}");
     }
 
     #[test]

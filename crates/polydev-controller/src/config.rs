@@ -31,6 +31,9 @@ pub struct Config {
     pub kernel: Option<PathBuf>,
     /// Explicit golden root filesystem, instead of the cached build.
     pub rootfs: Option<PathBuf>,
+    /// Root filesystem for browser VMs only (the stand-in test image, say),
+    /// instead of the cached browser image.
+    pub browser_rootfs: Option<PathBuf>,
     /// Force KVM or TCG instead of probing.
     pub accel: Option<Accel>,
     /// Force a VMM instead of choosing (Firecracker when usable, else QEMU).
@@ -61,6 +64,7 @@ impl Config {
             cache_dir: PathBuf::from(default_cache_dir()),
             kernel: None,
             rootfs: None,
+            browser_rootfs: None,
             accel: None,
             vmm: None,
             boot_timeout: Duration::from_secs(180),

@@ -27,6 +27,14 @@ pub struct Args {
     /// Also hibernate and resume a VM and compare with its cold boot.
     #[arg(long)]
     snapshots: bool,
+    /// Instead of the boot figures: time N sign-in sessions from start to
+    /// `awaiting_user_auth` and to the URL open in the VM's Chromium (real
+    /// browser image and CLI; each session is cancelled afterwards).
+    #[arg(long, value_name = "N")]
+    connect: Option<usize>,
+    /// Provider of the `--connect` sessions.
+    #[arg(long, default_value = "codex")]
+    provider: String,
     /// Seconds a VM may take to become ready.
     #[arg(long, default_value_t = 300)]
     timeout_secs: u64,
@@ -139,6 +147,9 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         rt.vmm().describe(),
         rt.accel().reason
     );
+    if let Some(n) = a.connect {
+        return connect_figures(&rt, n.max(1), &a.provider).await;
+    }
     println!("VM size: {} vCPU, {} MiB", a.vcpus, a.memory_mb);
     let deadline = Duration::from_secs(a.timeout_secs + 30);
     let mut seq = Vec::new();
@@ -203,5 +214,107 @@ async fn snapshot_figures(
             cold as f64 / (*r).max(1) as f64
         );
     }
+    Ok(())
+}
+
+/// Start → `awaiting_user_auth` of real sign-in sessions, split into the
+/// session's steps, plus the time until the authorization URL is a page in
+/// the VM's Chromium (asked through the agent with `polydev-cdp`).
+async fn connect_figures(
+    rt: &std::sync::Arc<polydev_controller::runtime::Runtime>,
+    n: usize,
+    provider: &str,
+) -> anyhow::Result<()> {
+    use polydev_core::auth::SessionStatus as S;
+    let provider: polydev_core::auth::Provider = provider.parse()?;
+    let flow = polydev_controller::auth_flow::AuthFlow::new(
+        rt.clone(),
+        polydev_vault::Keyring::new(polydev_vault::MasterKey::generate()),
+        polydev_controller::auth_flow::AuthFlowConfig::default(),
+    );
+    let art = rt.artifacts(Some(VmType::Browser))?;
+    println!(
+        "sign-in sessions ({provider}, {}, {} vCPU / {} MiB):",
+        art.image_note,
+        rt.config().browser_size.vcpus,
+        rt.config().browser_size.memory_mb
+    );
+    let (mut created, mut ready, mut url, mut screen) = (vec![], vec![], vec![], vec![]);
+    for i in 0..n {
+        let t0 = Instant::now();
+        let s = flow.start(&format!("bench-{i}"), provider).await?;
+        let id = s.session_id.clone();
+        let mut seen: Vec<(S, i64)> = Vec::new();
+        let outcome: anyhow::Result<()> = async {
+            loop {
+                let s = flow.get(&id).await?;
+                if seen.last().map(|x| x.0) != Some(s.status) {
+                    seen.push((s.status, t0.elapsed().as_millis() as i64));
+                }
+                match s.status {
+                    S::AwaitingUserAuth => break,
+                    S::Failed | S::Timeout | S::Cancelled | S::Completed => anyhow::bail!(
+                        "session {id} ended {}: {}",
+                        s.status,
+                        s.error_message.unwrap_or_default()
+                    ),
+                    _ if t0.elapsed() > Duration::from_secs(600) => {
+                        anyhow::bail!("session {id} still {} after 600 s", s.status)
+                    }
+                    _ => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+            }
+            let at = |st: S| seen.iter().find(|x| x.0 == st).map(|x| x.1);
+            if let Some(v) = at(S::VmCreated) {
+                created.push(v);
+            }
+            if let Some(v) = at(S::Ready) {
+                ready.push(v);
+            }
+            let u = at(S::AwaitingUserAuth).unwrap_or(0);
+            url.push(u);
+            // The URL as a page in Chromium.
+            let s = flow.get(&id).await?;
+            let host = s
+                .auth_url
+                .as_deref()
+                .and_then(polydev_login::url::Url::parse)
+                .map(|u| u.host)
+                .unwrap_or_default();
+            let vm = rt
+                .store()
+                .get_vm(s.browser_vm_id.as_deref().unwrap_or_default())
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("the browser VM vanished"))?;
+            let body = serde_json::json!({
+                "argv": ["polydev-cdp", "wait", host, "300"],
+                "user": "polydev",
+                "timeoutMs": 310_000,
+            });
+            let r = rt
+                .agent_call(&vm, "POST", "/exec", Some(body), Duration::from_secs(320))
+                .await
+                .map_err(|e| anyhow::anyhow!(e))?;
+            if r.get("exitCode").and_then(|c| c.as_i64()) == Some(0) {
+                screen.push(t0.elapsed().as_millis() as i64);
+            } else {
+                eprintln!("  session {}: Chromium did not show the URL: {r}", i + 1);
+            }
+            Ok(())
+        }
+        .await;
+        let _ = flow.cancel(&id).await;
+        outcome?;
+        eprintln!(
+            "  session {}: awaiting_user_auth after {} ms",
+            i + 1,
+            url.last().copied().unwrap_or(0)
+        );
+    }
+    stats("start → vm_created", &mut created);
+    stats("start → ready (VNC)", &mut ready);
+    stats("start → awaiting_user_auth", &mut url);
+    stats("start → URL in Chromium", &mut screen);
+    println!("  (cold: every session boots a new browser VM; no warm pool of snapshots yet)");
     Ok(())
 }

@@ -23,6 +23,10 @@ pub struct Common {
     /// Golden root filesystem to boot instead of the cached build.
     #[arg(long, env = "POLYDEV_ROOTFS")]
     pub rootfs: Option<PathBuf>,
+    /// Root filesystem for browser VMs only (e.g. the stand-in test image
+    /// from `polydev image standins`), instead of the cached browser image.
+    #[arg(long, env = "POLYDEV_BROWSER_ROOTFS")]
+    pub browser_rootfs: Option<PathBuf>,
     /// Acceleration: `auto` probes KVM and falls back to TCG.
     #[arg(long, env = "POLYDEV_ACCEL", default_value = "auto", value_parser = ["auto", "kvm", "tcg"])]
     pub accel: String,
@@ -40,6 +44,7 @@ impl Common {
         c.cache_dir = PathBuf::from(&self.cache_dir);
         c.kernel = self.kernel.clone();
         c.rootfs = self.rootfs.clone();
+        c.browser_rootfs = self.browser_rootfs.clone();
         c.accel = match self.accel.as_str() {
             "kvm" => Some(polydev_vmm::accel::Accel::Kvm),
             "tcg" => Some(polydev_vmm::accel::Accel::Tcg),

@@ -7,6 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod connect;
+pub mod provider;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_polydev");
 
 pub struct Controller {

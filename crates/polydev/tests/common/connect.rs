@@ -1,0 +1,106 @@
+//! Helpers of the connect-flow tests: sessions through the API, commands in
+//! a VM through its agent, and the VM's Chromium through `polydev-cdp`.
+
+use super::{agent_post, processes_mentioning, Controller};
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+pub fn session(c: &Controller, id: &str) -> Value {
+    let (st, v) = c.call("GET", &format!("/api/auth/session/{id}"), None);
+    assert_eq!(st, 200, "{v}");
+    v["session"].clone()
+}
+
+/// Waits for `status`; panics with the session and the log if it ends otherwise.
+pub fn wait_status(c: &Controller, id: &str, status: &str, timeout: Duration) -> Value {
+    let start = Instant::now();
+    loop {
+        let s = session(c, id);
+        let now = s["status"].as_str().unwrap_or_default().to_string();
+        if now == status {
+            return s;
+        }
+        let ended = ["completed", "failed", "timeout", "cancelled"].contains(&now.as_str());
+        assert!(
+            !ended && start.elapsed() < timeout,
+            "session {id} is {now}, waiting for {status} ({:?}): {s}\nlog:\n{}",
+            start.elapsed(),
+            c.log()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// Runs a command in a VM through its agent's `/exec`; returns (exit code, stdout, stderr).
+pub fn exec(ns: &str, token: &str, argv: &[&str], user: Option<&str>) -> (i64, String, String) {
+    let mut body = json!({ "argv": argv, "timeoutMs": 120_000 });
+    if let Some(u) = user {
+        body["user"] = u.into();
+    }
+    let (code, v) = agent_post(ns, token, "/exec", &body);
+    assert_eq!(code, 200, "exec {argv:?}: {v}");
+    (
+        v["exitCode"].as_i64().unwrap_or(-1),
+        v["stdout"].as_str().unwrap_or_default().to_string(),
+        v["stderr"].as_str().unwrap_or_default().to_string(),
+    )
+}
+
+/// `polydev-cdp ARGS` in the browser VM, as the user Chromium runs as; retried
+/// while Chromium is still starting.
+pub fn cdp(ns: &str, token: &str, args: &[&str], retry_for: Duration) -> String {
+    let start = Instant::now();
+    let mut argv = vec!["polydev-cdp"];
+    argv.extend_from_slice(args);
+    loop {
+        let (code, out, err) = exec(ns, token, &argv, Some("polydev"));
+        if code == 0 {
+            return out.trim().to_string();
+        }
+        assert!(
+            start.elapsed() < retry_for,
+            "polydev-cdp {args:?} kept failing: {err}"
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+/// The browser VM's (id, namespace) once it exists.
+pub fn browser_vm(c: &Controller, sid: &str) -> (String, String) {
+    let start = Instant::now();
+    loop {
+        let s = session(c, sid);
+        if let Some(vm) = s["browserVmId"].as_str() {
+            let rec = c.vm(vm);
+            if let Some(ns) = rec["netns"].as_str() {
+                if polydev_net::netns::exists(ns) {
+                    return (vm.to_string(), ns.to_string());
+                }
+            }
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no browser VM namespace for {sid}: {s}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Waits until the browser VM is gone: its record destroyed, no process, no namespace.
+pub fn wait_browser_vm_gone(c: &Controller, vm: &str, ns: &str) {
+    let start = Instant::now();
+    loop {
+        let rec = c.vm(vm);
+        let gone = rec["status"] == "destroyed"
+            && processes_mentioning(&format!("vms/{vm}/")).is_empty()
+            && !polydev_net::netns::exists(ns);
+        if gone {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "browser VM {vm} still there: {rec}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

@@ -1,0 +1,251 @@
+//! The connect flow end to end, in real VMs, with stand-ins where the
+//! internet would be: the browser VM boots the stand-in test image
+//! (`polydev image standins`: the browser image whose `claude`, `codex` and
+//! `gemini` are stand-ins that behave like the real CLIs' logins), and the
+//! OAuth 2.0 stand-in runs in a network namespace this test creates, linked
+//! to each browser VM's namespace (`common::provider`).
+//!
+//! For each provider the test drives the VM's Chromium through the agent
+//! (`polydev-cdp` over `/exec`, the DevTools protocol on the guest's
+//! loopback): it signs in and approves on the stand-in's page; Claude and
+//! Codex then get the redirect on their localhost listener inside the VM,
+//! Gemini shows a code that the test pastes through the API. It then checks:
+//! the session is `completed`; the stored row decrypts (with the controller's
+//! master key) to exactly the file in the user's CLI VM, and its plaintext
+//! appears nowhere in the database files; the file has mode 0600 and belongs
+//! to the CLI user; where the CLI can check offline (`codex login status`,
+//! the real Codex in the CLI image), it says it is logged in; the browser VM
+//! is gone.
+
+mod common;
+use common::connect::{browser_vm, cdp, exec, wait_browser_vm_gone, wait_status};
+use common::provider::ProviderNet;
+use common::{token_of, Controller};
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+const USER: &str = "e2e-user";
+
+fn standin_image() -> String {
+    let out = std::process::Command::new(common::BIN)
+        .args(["image", "standins"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "polydev image standins failed (is the browser image built?): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Signs in on the stand-in's page in the VM's Chromium and approves.
+fn approve_in_chromium(ns: &str, token: &str, auth_url: &str) {
+    // Chromium was opened on the URL by the CLI's `$BROWSER`; load it again
+    // in case the provider link came up after the first attempt.
+    cdp(ns, token, &["wait", "", "240"], Duration::from_secs(300));
+    cdp(ns, token, &["navigate", "", auth_url], Duration::from_secs(30));
+    let approve = r#"new Promise((ok, fail) => {
+        const until = Date.now() + 60000;
+        const go = () => {
+            const b = document.getElementById('approve');
+            if (!b) return Date.now() > until ? fail(new Error('no approve button: ' + document.title)) : setTimeout(go, 250);
+            document.getElementById('username').value = 'e2e';
+            b.click();
+            ok(document.title);
+        };
+        go();
+    })"#;
+    cdp(
+        ns,
+        token,
+        &["eval", polydev_login::standins::TEST_PROVIDER_ADDR, approve],
+        Duration::from_secs(60),
+    );
+}
+
+/// The code Gemini's paste page shows, read from the VM's Chromium.
+fn pasted_code(ns: &str, token: &str) -> String {
+    let read = r#"new Promise((ok, fail) => {
+        const until = Date.now() + 60000;
+        const go = () => {
+            const c = document.getElementById('code');
+            if (!c) return Date.now() > until ? fail(new Error('no code on ' + location.href)) : setTimeout(go, 250);
+            ok(c.textContent.trim());
+        };
+        go();
+    })"#;
+    let out = cdp(ns, token, &["eval", "/authcode", read], Duration::from_secs(90));
+    serde_json::from_str::<String>(&out).expect("the code as a JSON string")
+}
+
+struct Connected {
+    plaintext: Vec<u8>,
+}
+
+fn connect(c: &Controller, net: &ProviderNet, provider: &str) -> Connected {
+    let started = Instant::now();
+    let (st, v) = c.call(
+        "POST",
+        "/api/auth/start",
+        Some(&format!(r#"{{"userId":"{USER}","provider":"{provider}"}}"#)),
+    );
+    assert_eq!(st, 200, "{v}");
+    let sid = v["sessionId"].as_str().unwrap().to_string();
+    let (vm, ns) = browser_vm(c, &sid);
+    net.attach(&ns);
+    let s = wait_status(c, &sid, "awaiting_user_auth", Duration::from_secs(600));
+    let auth_url = s["authUrl"].as_str().expect("authUrl").to_string();
+    eprintln!(
+        "{provider}: awaiting_user_auth after {:?}: {auth_url}",
+        started.elapsed()
+    );
+    assert!(
+        auth_url.starts_with(polydev_login::standins::TEST_PROVIDER_URL),
+        "{auth_url}"
+    );
+    let token = token_of(c, &vm);
+    approve_in_chromium(&ns, &token, &auth_url);
+    if provider == "gemini_cli" {
+        let code = pasted_code(&ns, &token);
+        let (st, v) = c.call(
+            "POST",
+            &format!("/api/auth/session/{sid}/code"),
+            Some(&json!({ "code": code }).to_string()),
+        );
+        assert_eq!(st, 200, "{v}");
+    }
+    let s = wait_status(c, &sid, "completed", Duration::from_secs(600));
+    eprintln!("{provider}: completed after {:?}", started.elapsed());
+    assert!(s["errorMessage"].is_null(), "{s}");
+
+    wait_browser_vm_gone(c, &vm, &ns);
+
+    // The row decrypts, with the controller's key, to the credentials.
+    let plaintext = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let store = polydev_store::Store::sqlite_in(c.data_dir()).await.unwrap();
+        let row = store
+            .get_credential(USER, provider)
+            .await
+            .unwrap()
+            .expect("a credential row");
+        let key = polydev_vault::MasterKey::from_file(&c.data_dir().join("master.key")).unwrap();
+        let ring = polydev_vault::Keyring::new(key);
+        let sealed = polydev_vault::Sealed {
+            ciphertext: row.encrypted_data.clone(),
+            iv: row.iv.clone(),
+            tag: row.tag.clone(),
+            salt: row.salt.clone(),
+            key_id: row.key_id.clone(),
+        };
+        ring.open(USER, provider, &sealed).expect("the row decrypts")
+    });
+    Connected { plaintext }
+}
+
+/// The database files hold no trace of `secret`.
+fn assert_not_in_database(c: &Controller, secret: &str) {
+    for f in std::fs::read_dir(c.data_dir()).unwrap() {
+        let p = f.unwrap().path();
+        let name = p.file_name().unwrap().to_string_lossy().into_owned();
+        if name.starts_with("polydev.db") {
+            let bytes = std::fs::read(&p).unwrap();
+            assert!(
+                !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                "{secret:?} appears in plain text in {}",
+                p.display()
+            );
+        }
+    }
+}
+
+#[test]
+fn connect_three_providers_end_to_end_with_standins() {
+    let image = standin_image();
+    let net = ProviderNet::start();
+    let c = Controller::start(&[
+        ("POLYDEV_BROWSER_ROOTFS", image.as_str()),
+        ("POLYDEV_BROWSER_MEMORY_MB", "1536"),
+    ]);
+    let cases = [
+        ("codex", "/home/polydev/.codex/auth.json", "access_token"),
+        (
+            "claude_code",
+            "/home/polydev/.claude/.credentials.json",
+            "accessToken",
+        ),
+        (
+            "gemini_cli",
+            "/home/polydev/.gemini/oauth_creds.json",
+            "access_token",
+        ),
+    ];
+    for (provider, path, token_field) in cases {
+        let got = connect(&c, &net, provider);
+        let text = String::from_utf8(got.plaintext.clone()).unwrap();
+        let v: Value = serde_json::from_str(&text).expect("credentials are JSON");
+        let find = |v: &Value| -> Option<String> {
+            let mut stack = vec![v.clone()];
+            while let Some(x) = stack.pop() {
+                if let Some(o) = x.as_object() {
+                    if let Some(t) = o.get(token_field).and_then(|t| t.as_str()) {
+                        return Some(t.to_string());
+                    }
+                    stack.extend(o.values().cloned());
+                }
+            }
+            None
+        };
+        let access = find(&v).unwrap_or_else(|| panic!("no {token_field} in {text}"));
+        assert!(access.len() > 16, "{access}");
+        assert_not_in_database(&c, &access);
+
+        // The file in the user's CLI VM: same bytes, 0600, the CLI user's.
+        let (st, vms) = c.call("GET", &format!("/api/vms?userId={USER}"), None);
+        assert_eq!(st, 200, "{vms}");
+        let cli = vms["vms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["type"] == "cli" && v["status"] == "running")
+            .unwrap_or_else(|| panic!("no running CLI VM for {USER}: {vms}"))
+            .clone();
+        let cli_id = cli["vmId"].as_str().unwrap();
+        let cli_ns = cli["netns"].as_str().unwrap();
+        let cli_token = token_of(&c, cli_id);
+        let (code, out, err) = exec(
+            cli_ns,
+            &cli_token,
+            &["stat", "-c", "%a %U", path],
+            None,
+        );
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(out.trim(), "600 polydev", "{provider}: {path}");
+        let (code, content, err) = exec(cli_ns, &cli_token, &["cat", path], None);
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(content, text, "{provider}: the file differs from the sealed row");
+        if provider == "codex" {
+            // The real Codex CLI in the CLI image checks the file offline.
+            let (code, out, err) = exec(
+                cli_ns,
+                &cli_token,
+                &["codex", "login", "status"],
+                Some("polydev"),
+            );
+            assert_eq!(code, 0, "codex login status: {out} {err}");
+            assert!(
+                format!("{out}{err}").contains("Logged in"),
+                "codex login status: {out} {err}"
+            );
+        }
+        if provider == "gemini_cli" {
+            let (code, out, err) = exec(
+                cli_ns,
+                &cli_token,
+                &["stat", "-c", "%a %U", "/home/polydev/.gemini/google_accounts.json"],
+                None,
+            );
+            assert_eq!((code, out.trim()), (0, "600 polydev"), "{err}");
+        }
+    }
+}
