@@ -43,8 +43,8 @@ fn standin_image() -> String {
 fn approve_in_chromium(ns: &str, token: &str, auth_url: &str) {
     // Chromium was opened on the URL by the CLI's `$BROWSER`; load it again
     // in case the provider link came up after the first attempt.
-    cdp(ns, token, &["wait", "", "240"], Duration::from_secs(300));
-    cdp(ns, token, &["navigate", "", auth_url], Duration::from_secs(30));
+    cdp(ns, token, &["wait", ":", "240"], Duration::from_secs(300));
+    cdp(ns, token, &["navigate", ":", auth_url], Duration::from_secs(30));
     let approve = r#"new Promise((ok, fail) => {
         const until = Date.now() + 60000;
         const go = () => {
@@ -140,7 +140,9 @@ fn connect(c: &Controller, net: &ProviderNet, provider: &str) -> Connected {
         };
         ring.open(USER, provider, &sealed).expect("the row decrypts")
     });
-    Connected { plaintext }
+    Connected {
+        plaintext: plaintext.to_vec(),
+    }
 }
 
 /// The database files hold no trace of `secret`.
@@ -166,6 +168,8 @@ fn connect_three_providers_end_to_end_with_standins() {
     let c = Controller::start(&[
         ("POLYDEV_BROWSER_ROOTFS", image.as_str()),
         ("POLYDEV_BROWSER_MEMORY_MB", "1536"),
+        // Under TCG on a loaded host the test's own steps take minutes.
+        ("POLYDEV_AUTH_TIMEOUT_SECS", "1200"),
     ]);
     let cases = [
         ("codex", "/home/polydev/.codex/auth.json", "access_token"),

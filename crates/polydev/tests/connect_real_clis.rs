@@ -72,8 +72,8 @@ fn real_cli_session(c: &Controller, provider: Provider) {
         _ => {
             let token = token_of(c, &vm);
             let back = format!("{redirect}?code=polydev-test-code&state={state}");
-            cdp(&ns, &token, &["wait", "", "240"], Duration::from_secs(300));
-            cdp(&ns, &token, &["navigate", "", &back], Duration::from_secs(60));
+            cdp(&ns, &token, &["wait", ":", "240"], Duration::from_secs(300));
+            cdp(&ns, &token, &["navigate", ":", &back], Duration::from_secs(60));
         }
     }
     let start = Instant::now();
@@ -102,7 +102,10 @@ fn real_cli_session(c: &Controller, provider: Provider) {
 
 #[test]
 fn real_clis_show_a_well_formed_url_and_fail_clearly_offline() {
-    let c = Controller::start(&[("POLYDEV_BROWSER_MEMORY_MB", "1536")]);
+    let c = Controller::start(&[
+        ("POLYDEV_BROWSER_MEMORY_MB", "1536"),
+        ("POLYDEV_AUTH_TIMEOUT_SECS", "1200"),
+    ]);
     for p in [Provider::Codex, Provider::ClaudeCode, Provider::GeminiCli] {
         real_cli_session(&c, p);
     }

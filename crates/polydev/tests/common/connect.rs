@@ -50,13 +50,26 @@ pub fn exec(ns: &str, token: &str, argv: &[&str], user: Option<&str>) -> (i64, S
 /// while Chromium is still starting.
 pub fn cdp(ns: &str, token: &str, args: &[&str], retry_for: Duration) -> String {
     let start = Instant::now();
-    let mut argv = vec!["polydev-cdp"];
+    // Node 20 has WebSocket behind a flag; giving it here saves polydev-cdp
+    // from starting Node a second time with it.
+    let mut argv = vec![
+        "node",
+        "--experimental-websocket",
+        "--no-warnings",
+        "/usr/local/bin/polydev-cdp",
+    ];
     argv.extend_from_slice(args);
     loop {
         let (code, out, err) = exec(ns, token, &argv, Some("polydev"));
+        eprintln!(
+            "  polydev-cdp {} → exit {code} after {:?}",
+            args.first().copied().unwrap_or_default(),
+            start.elapsed()
+        );
         if code == 0 {
             return out.trim().to_string();
         }
+        assert_ne!(code, 2, "polydev-cdp {args:?}: usage error: {err}");
         assert!(
             start.elapsed() < retry_for,
             "polydev-cdp {args:?} kept failing: {err}"
@@ -71,8 +84,9 @@ pub fn browser_vm(c: &Controller, sid: &str) -> (String, String) {
     loop {
         let s = session(c, sid);
         if let Some(vm) = s["browserVmId"].as_str() {
-            let rec = c.vm(vm);
-            if let Some(ns) = rec["netns"].as_str() {
+            // The id is recorded before the VM exists.
+            let (st, rec) = c.call("GET", &format!("/api/vms/{vm}"), None);
+            if let (200, Some(ns)) = (st, rec["netns"].as_str()) {
                 if polydev_net::netns::exists(ns) {
                     return (vm.to_string(), ns.to_string());
                 }

@@ -34,7 +34,7 @@ impl ProviderNet {
     /// Creates the namespace and starts the OAuth stand-in in it.
     pub fn start() -> ProviderNet {
         let ns = format!("pdtprov-{:04x}", std::process::id() & 0xffff);
-        let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+        let _ = Command::new("ip").args(["netns", "del", &ns]).output();
         ip(&["netns", "add", &ns]);
         let mut me = ProviderNet {
             ns: ns.clone(),
