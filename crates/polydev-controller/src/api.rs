@@ -232,9 +232,8 @@ async fn resume(
 struct AuthStart {
     user_id: String,
     provider: String,
-    /// Stored for the live view (WebRTC) once it exists.
+    /// A WebRTC offer for the live view, kept until the browser VM is ready.
     #[serde(default)]
-    #[allow(dead_code)]
     webrtc_offer: Option<serde_json::Value>,
 }
 
@@ -279,10 +278,20 @@ async fn auth_start(
                     e.to_string(),
                 )
             })?;
+    let offer = match body.webrtc_offer.as_ref().filter(|v| !v.is_null()) {
+        Some(v) => Some(
+            crate::live::signaling::offer_sdp(v)
+                .map_err(|m| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_offer", m))?,
+        ),
+        None => None,
+    };
     let sess = match s.auth.start(&body.user_id, provider).await {
         Ok(x) => x,
         Err(e) => return Ok(flow_error(e)),
     };
+    if let Some(sdp) = offer {
+        crate::live::signaling::accept_offer(&s.runtime, &sess.session_id, &sdp).await?;
+    }
     Ok(Json(serde_json::json!({
         "success": true,
         "sessionId": sess.session_id,

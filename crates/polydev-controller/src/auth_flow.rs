@@ -314,6 +314,8 @@ impl AuthFlow {
             self.wait_vnc(&rec.netns).await?;
             self.advance(&id, S::VmCreated, S::Ready, None, None)
                 .await?;
+            // Live view: a WebRTC offer stored before the VM was ready goes to it now.
+            crate::live::session_ready(&self.rt, &id);
             status = S::Ready;
         }
         if status == S::Ready {

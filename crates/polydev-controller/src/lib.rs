@@ -12,6 +12,7 @@ pub mod auth;
 pub mod auth_flow;
 pub mod config;
 pub mod error;
+pub mod live;
 pub mod runtime;
 
 use axum::Router;
@@ -112,6 +113,7 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/health", axum::routing::get(api::health))
         .merge(api::routes(state.clone()))
+        .merge(live::routes(state.clone()))
         .fallback(api::not_found)
         .layer(axum::extract::DefaultBodyLimit::max(max))
         .layer(tower_http::trace::TraceLayer::new_for_http())

@@ -4,7 +4,7 @@
 use crate::{cmd, NetError, Result};
 use nix::sched::{setns, CloneFlags};
 use std::fs::File;
-use std::net::{SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -114,6 +114,17 @@ pub fn connect_tcp(name: &str, addr: SocketAddr, timeout: Duration) -> Result<Tc
     run_in(name, move || {
         TcpStream::connect_timeout(&addr, timeout).map_err(|e| NetError::Sys {
             what: format!("connecting to {addr}"),
+            source: e,
+        })
+    })
+}
+
+/// Binds a UDP socket to `addr` inside the named namespace (port 0: any free
+/// port). The socket stays in that namespace: what it sends leaves from there.
+pub fn udp_bind_in(name: &str, addr: SocketAddr) -> Result<UdpSocket> {
+    run_in(name, move || {
+        UdpSocket::bind(addr).map_err(|e| NetError::Sys {
+            what: format!("binding UDP {addr}"),
             source: e,
         })
     })

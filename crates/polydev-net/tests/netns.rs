@@ -59,3 +59,46 @@ fn sockets_made_inside_a_namespace_stay_there() {
     );
     assert!(netns::create("Bad Name").is_err());
 }
+
+#[test]
+fn udp_sockets_bound_inside_a_namespace_stay_there() {
+    let ns = unique("pdt-c");
+    netns::create(&ns).unwrap();
+    struct Guard(String);
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            let _ = netns::delete(&self.0);
+        }
+    }
+    let _g = Guard(ns.clone());
+    polydev_net::netns::run_in(&ns, || {
+        std::process::Command::new("ip")
+            .args(["link", "set", "lo", "up"])
+            .status()
+            .map(|_| ())
+            .map_err(|e| polydev_net::NetError::Sys {
+                what: "ip link set lo up".into(),
+                source: e,
+            })
+    })
+    .unwrap();
+    let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let a = netns::udp_bind_in(&ns, any).unwrap();
+    let b = netns::udp_bind_in(&ns, any).unwrap();
+    b.set_read_timeout(Some(std::time::Duration::from_secs(2)))
+        .unwrap();
+    a.send_to(b"in-ns", b.local_addr().unwrap()).unwrap();
+    let mut buf = [0u8; 16];
+    let (n, from) = b.recv_from(&mut buf).unwrap();
+    assert_eq!((&buf[..n], from), (&b"in-ns"[..], a.local_addr().unwrap()));
+    // The host's loopback does not see it: a host socket on the same port
+    // number is another socket.
+    let host = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    host.set_read_timeout(Some(std::time::Duration::from_millis(300)))
+        .unwrap();
+    let _ = a.send_to(b"stray", host.local_addr().unwrap());
+    assert!(
+        host.recv_from(&mut buf).is_err(),
+        "a datagram left the namespace"
+    );
+}

@@ -21,6 +21,7 @@ pub mod credentials;
 pub mod error;
 pub mod url;
 pub mod vms;
+pub mod webrtc;
 
 use std::fmt;
 use std::path::Path;
@@ -39,6 +40,7 @@ pub use credentials::{CredentialRow, SealedParts};
 pub use error::{Result, StoreError};
 pub use url::redact_url;
 pub use vms::{NewVm, VmRecord};
+pub use webrtc::WebrtcSignal;
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");

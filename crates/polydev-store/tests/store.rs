@@ -139,9 +139,12 @@ async fn migrations_idempotent(db: &TestDb) {
     let again = Store::connect(&db.url).await.expect("second connect");
     assert_eq!(again.kind(), db.store.kind());
     assert_eq!(count(&again, "SELECT COUNT(*) FROM users").await, 1);
+    let migrations = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/sqlite"))
+        .unwrap()
+        .count() as i64;
     assert_eq!(
         count(&again, "SELECT COUNT(*) FROM _sqlx_migrations").await,
-        1
+        migrations
     );
     again.close().await;
     match db.store.kind() {
@@ -731,4 +734,58 @@ async fn auth_session_lifecycle(db: &TestDb) {
     assert!(got.completed_at.is_some());
     assert!(s.list_active_auth_sessions().await.unwrap().is_empty());
     assert_eq!(s.list_auth_sessions("u1").await.unwrap().len(), 1);
+}
+
+both!(webrtc_offer_answer);
+async fn webrtc_offer_answer(db: &TestDb) {
+    use polydev_core::auth::{Provider, SessionStatus as S};
+    let s = &db.store;
+    assert_eq!(s.get_webrtc("as_nope").await.unwrap(), None);
+    assert!(!s.set_webrtc_offer("as_nope", "v=0").await.unwrap());
+    s.insert_auth_session("as_w", "u1", Provider::Codex, now_ms() + 300_000)
+        .await
+        .unwrap();
+    let empty = s.get_webrtc("as_w").await.unwrap().unwrap();
+    assert_eq!(empty, polydev_store::WebrtcSignal::default());
+    // An offer before the VM exists is kept.
+    assert!(s.set_webrtc_offer("as_w", "offer-1").await.unwrap());
+    // An answer to another offer is not recorded.
+    assert!(!s
+        .set_webrtc_answer("as_w", "offer-0", "answer-0", "[]")
+        .await
+        .unwrap());
+    assert!(s
+        .set_webrtc_answer("as_w", "offer-1", "answer-1", "[{\"candidate\":\"c\"}]")
+        .await
+        .unwrap());
+    let got = s.get_webrtc("as_w").await.unwrap().unwrap();
+    assert_eq!(got.offer.as_deref(), Some("offer-1"));
+    assert_eq!(got.answer.as_deref(), Some("answer-1"));
+    assert_eq!(got.candidates.as_deref(), Some("[{\"candidate\":\"c\"}]"));
+    // A new offer clears the answer.
+    assert!(s.set_webrtc_offer("as_w", "offer-2").await.unwrap());
+    let got = s.get_webrtc("as_w").await.unwrap().unwrap();
+    assert_eq!(
+        (got.offer.as_deref(), got.answer, got.candidates),
+        (Some("offer-2"), None, None)
+    );
+    // The session's own columns are untouched.
+    assert_eq!(
+        s.get_auth_session("as_w").await.unwrap().unwrap().status,
+        S::Initializing
+    );
+    // An ended session takes no offer and no answer; clearing forgets all.
+    s.end_auth_session("as_w", S::Cancelled, "cancelled")
+        .await
+        .unwrap();
+    assert!(!s.set_webrtc_offer("as_w", "offer-3").await.unwrap());
+    assert!(!s
+        .set_webrtc_answer("as_w", "offer-2", "answer-2", "[]")
+        .await
+        .unwrap());
+    s.clear_webrtc("as_w").await.unwrap();
+    assert_eq!(
+        s.get_webrtc("as_w").await.unwrap().unwrap(),
+        polydev_store::WebrtcSignal::default()
+    );
 }

@@ -220,6 +220,20 @@ impl Keyring {
         self.current.id()
     }
 
+    /// A 32-byte key for another purpose, derived from the current master key
+    /// with HKDF-SHA256 (no salt, `label` as the info). Distinct labels give
+    /// independent keys, and none of them reveals the master key or the
+    /// vault's own keys (whose info label differs). The live view signs its
+    /// view tokens with one, so tokens survive a controller restart.
+    pub fn derive_subkey(&self, label: &str) -> Zeroizing<[u8; 32]> {
+        assert_ne!(label.as_bytes(), HKDF_INFO, "the vault's own label");
+        let hk = hkdf::Hkdf::<sha2::Sha256>::new(None, &self.current.key);
+        let mut okm = Zeroizing::new([0u8; 32]);
+        hk.expand(label.as_bytes(), okm.as_mut())
+            .expect("32 bytes is a valid HKDF-SHA256 length");
+        okm
+    }
+
     fn key(&self, id: &str) -> Option<&MasterKey> {
         std::iter::once(&self.current)
             .chain(self.old.iter())
@@ -310,6 +324,18 @@ impl Keyring {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn subkeys_are_stable_distinct_and_per_master_key() {
+        let k = MasterKey::from_bytes([7u8; 32]);
+        let a = Keyring::new(k.clone());
+        let b = Keyring::new(k);
+        assert_eq!(*a.derive_subkey("x"), *b.derive_subkey("x"));
+        assert_ne!(*a.derive_subkey("x"), *a.derive_subkey("y"));
+        assert_ne!(*a.derive_subkey("x"), [7u8; 32]);
+        let other = Keyring::new(MasterKey::from_bytes([8u8; 32]));
+        assert_ne!(*a.derive_subkey("x"), *other.derive_subkey("x"));
+    }
 
     const CREDS: &[u8] =
         br#"{"claudeAiOauth":{"accessToken":"sk-ant-oat01-secret","refreshToken":"r"}}"#;

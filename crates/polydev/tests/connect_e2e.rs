@@ -43,7 +43,7 @@ fn standin_image() -> String {
 fn approve_in_chromium(ns: &str, token: &str, auth_url: &str) {
     // Chromium was opened on the URL by the CLI's `$BROWSER`; load it again
     // in case the provider link came up after the first attempt.
-    cdp(ns, token, &["wait", ":", "240"], Duration::from_secs(300));
+    cdp(ns, token, &["wait", ":", "100"], Duration::from_secs(400));
     cdp(ns, token, &["navigate", ":", auth_url], Duration::from_secs(30));
     let approve = r#"new Promise((ok, fail) => {
         const until = Date.now() + 60000;

@@ -271,7 +271,7 @@ pub fn agent_request(
     .unwrap();
     let mut s = polydev_net::netns::connect_tcp(netns, addr, Duration::from_secs(5))
         .expect("connect to agent");
-    s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(300))).unwrap();
     let b = body.map(|b| b.to_string()).unwrap_or_default();
     write!(
         s,

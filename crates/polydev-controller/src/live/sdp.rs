@@ -1,0 +1,196 @@
+//! Rewriting the guest streamer's answer so that the viewer's browser sends
+//! its media to the controller's relay: the one host candidate
+//! `169.254.0.22 7071` (reachable only inside the VM's namespace) becomes
+//! the relay's public address; any other candidate is dropped (nothing
+//! outside the namespace could reach it, and it would leak guest details).
+
+use std::net::SocketAddr;
+
+/// The candidate `cand` (`candidate:...` or `a=candidate:...`) with its
+/// address `from` replaced by `to`; `None` for a candidate of another
+/// address or transport.
+pub fn rewrite_candidate(cand: &str, from: SocketAddr, to: SocketAddr) -> Option<String> {
+    let mut f: Vec<&str> = cand.split_ascii_whitespace().collect();
+    // foundation component transport priority address port "typ" type ...
+    if f.len() < 8 || !f[0].contains("candidate:") || f[6] != "typ" {
+        return None;
+    }
+    if !f[2].eq_ignore_ascii_case("udp") {
+        return None;
+    }
+    let addr: std::net::IpAddr = f[4].parse().ok()?;
+    let port: u16 = f[5].parse().ok()?;
+    if addr != from.ip() || port != from.port() {
+        return None;
+    }
+    let ip = to.ip().to_string();
+    let p = to.port().to_string();
+    f[4] = &ip;
+    f[5] = &p;
+    Some(f.join(" "))
+}
+
+/// The answer `sdp` with every candidate rewritten by [`rewrite_candidate`]
+/// (others dropped), and its `c=` and `m=` lines and `a=rtcp` naming the
+/// relay. Line endings come out as CRLF, as SDP wants.
+pub fn rewrite_answer(sdp: &str, from: SocketAddr, to: SocketAddr) -> String {
+    let ip_kind = if to.is_ipv4() { "IP4" } else { "IP6" };
+    let mut out = String::with_capacity(sdp.len() + 64);
+    for line in sdp.lines() {
+        let line = line.trim_end_matches('\r');
+        if line.is_empty() {
+            continue;
+        }
+        let new = if line.starts_with("a=candidate:") {
+            match rewrite_candidate(line, from, to) {
+                Some(c) => c,
+                None => continue,
+            }
+        } else if let Some(rest) = line.strip_prefix("c=IN ") {
+            match rest.split_once(' ') {
+                Some((_, a)) if a == from.ip().to_string() => {
+                    format!("c=IN {ip_kind} {}", to.ip())
+                }
+                _ => line.to_string(),
+            }
+        } else if let Some(rest) = line.strip_prefix("m=") {
+            let mut parts: Vec<String> = rest.split(' ').map(str::to_string).collect();
+            if parts.len() > 1 && parts[1] == from.port().to_string() {
+                parts[1] = to.port().to_string();
+            }
+            format!("m={}", parts.join(" "))
+        } else if let Some(rest) = line.strip_prefix("a=rtcp:") {
+            let mut parts: Vec<String> = rest.split(' ').map(str::to_string).collect();
+            if parts.first().map(String::as_str) == Some(&from.port().to_string()) {
+                parts[0] = to.port().to_string();
+                if parts.len() == 4 && parts[3] == from.ip().to_string() {
+                    parts[2] = ip_kind.into();
+                    parts[3] = to.ip().to_string();
+                }
+            }
+            format!("a=rtcp:{}", parts.join(" "))
+        } else {
+            line.to_string()
+        };
+        out.push_str(&new);
+        out.push_str("\r\n");
+    }
+    out
+}
+
+/// The first `a=ice-ufrag:` of an SDP.
+pub fn ice_ufrag(sdp: &str) -> Option<String> {
+    sdp.lines()
+        .find_map(|l| l.trim_end_matches('\r').strip_prefix("a=ice-ufrag:"))
+        .map(|u| u.trim().to_string())
+        .filter(|u| !u.is_empty())
+}
+
+/// Checks an SDP offer a viewer sent: text starting with `v=0`, at most
+/// 32 KiB, no control characters but line breaks and tabs.
+pub fn check_offer(sdp: &str) -> Result<(), String> {
+    if sdp.len() > 32 * 1024 {
+        return Err("the SDP offer is larger than 32 KiB".into());
+    }
+    if !sdp.trim_start().starts_with("v=0") {
+        return Err("not an SDP offer (it must start with v=0)".into());
+    }
+    if sdp
+        .chars()
+        .any(|c| c.is_control() && !matches!(c, '\r' | '\n' | '\t'))
+    {
+        return Err("the SDP offer contains control characters".into());
+    }
+    if !sdp.contains("m=") {
+        return Err("the SDP offer has no media section".into());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn guest() -> SocketAddr {
+        "169.254.0.22:7071".parse().unwrap()
+    }
+    fn relay() -> SocketAddr {
+        "203.0.113.9:40123".parse().unwrap()
+    }
+
+    const ANSWER: &str = "v=0\r\no=str0m-1 1 2 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\na=ice-lite\r\n\
+a=group:BUNDLE 0 1\r\nm=video 7071 UDP/TLS/RTP/SAVPF 96\r\nc=IN IP4 169.254.0.22\r\n\
+a=rtcp:7071 IN IP4 169.254.0.22\r\na=ice-ufrag:gUeS\r\na=ice-pwd:secretpwd\r\n\
+a=candidate:1 1 udp 2130706175 169.254.0.22 7071 typ host\r\n\
+a=candidate:2 1 udp 2130706175 10.0.2.15 7071 typ host\r\n\
+a=candidate:3 1 tcp 2130706175 169.254.0.22 7071 typ host tcptype passive\r\n\
+a=end-of-candidates\r\nm=application 7071 UDP/DTLS/SCTP webrtc-datachannel\r\nc=IN IP4 169.254.0.22\r\n";
+
+    #[test]
+    fn candidate_is_rewritten_and_others_dropped() {
+        assert_eq!(
+            rewrite_candidate(
+                "candidate:1 1 udp 2130706175 169.254.0.22 7071 typ host",
+                guest(),
+                relay()
+            )
+            .as_deref(),
+            Some("candidate:1 1 udp 2130706175 203.0.113.9 40123 typ host")
+        );
+        assert_eq!(
+            rewrite_candidate(
+                "candidate:1 1 UDP 1 169.254.0.22 7071 typ host generation 0",
+                guest(),
+                "[2001:db8::1]:5000".parse().unwrap()
+            )
+            .as_deref(),
+            Some("candidate:1 1 UDP 1 2001:db8::1 5000 typ host generation 0")
+        );
+        for other in [
+            "candidate:2 1 udp 1 10.0.2.15 7071 typ host",
+            "candidate:2 1 udp 1 169.254.0.22 7072 typ host",
+            "candidate:3 1 tcp 1 169.254.0.22 7071 typ host tcptype passive",
+            "candidate:bad",
+            "",
+        ] {
+            assert_eq!(rewrite_candidate(other, guest(), relay()), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn answer_names_only_the_relay() {
+        let a = rewrite_answer(ANSWER, guest(), relay());
+        assert!(!a.contains("169.254.0.22"), "{a}");
+        assert!(!a.contains("10.0.2.15"), "{a}");
+        assert!(!a.contains(" 7071"), "{a}");
+        assert!(a.contains("a=candidate:1 1 udp 2130706175 203.0.113.9 40123 typ host\r\n"));
+        assert!(a.contains("m=video 40123 UDP/TLS/RTP/SAVPF 96\r\n"));
+        assert!(a.contains("m=application 40123 UDP/DTLS/SCTP webrtc-datachannel\r\n"));
+        assert!(a.contains("c=IN IP4 203.0.113.9\r\n"));
+        assert!(a.contains("a=rtcp:40123 IN IP4 203.0.113.9\r\n"));
+        assert_eq!(a.matches("a=candidate:").count(), 1);
+        // Everything else is kept, in order, CRLF.
+        assert!(a.starts_with("v=0\r\no=str0m-1 1 2 IN IP4 0.0.0.0\r\n"));
+        assert!(a.contains("a=ice-pwd:secretpwd\r\na=candidate:1"));
+        assert!(
+            a.ends_with("\r\n") && !a.contains("\n\n") && !a.replace("\r\n", "").contains('\n')
+        );
+        // LF-only input comes out CRLF too.
+        let lf = rewrite_answer(&ANSWER.replace("\r\n", "\n"), guest(), relay());
+        assert_eq!(lf, a);
+    }
+
+    #[test]
+    fn ufrag_and_offer_checks() {
+        assert_eq!(ice_ufrag(ANSWER).as_deref(), Some("gUeS"));
+        assert_eq!(ice_ufrag("v=0\r\n"), None);
+        assert!(
+            check_offer("v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\n")
+                .is_ok()
+        );
+        assert!(check_offer("hello").is_err());
+        assert!(check_offer("v=0\r\n").is_err());
+        assert!(check_offer("v=0\r\nm=video\u{0}").is_err());
+        assert!(check_offer(&format!("v=0\r\nm=x\r\n{}", "a".repeat(40_000))).is_err());
+    }
+}
