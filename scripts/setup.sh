@@ -2,7 +2,8 @@
 # Installs everything polydev needs on a Debian 12 host and builds it:
 #   1. Debian packages (QEMU, mmdebstrap, the kernel source and its build
 #      tools, PostgreSQL for the tests, iproute2, e2fsprogs),
-#   2. the `polydev` and `polydev-agent` binaries (cargo, release profile),
+#   2. the `polydev`, `polydev-agent` and `polydev-streamer` binaries (cargo,
+#      release profile),
 #   3. the guest kernel (5-15 minutes on 2 cores the first time, then cached),
 #   4. the golden images: minimal (under 2 minutes the first time), cli and
 #      browser (3-5 minutes each the first time: Debian packages, Chromium and
@@ -17,6 +18,11 @@ PACKAGES=(
   qemu-system-x86 mmdebstrap debian-archive-keyring e2fsprogs iproute2
   linux-source-6.1 build-essential bc bison flex libelf-dev libssl-dev cpio xz-utils kmod
   postgresql ca-certificates
+  # The screen streamer (VP8, linked statically) and its tests' X server.
+  libvpx-dev xvfb
+  # The live view: noVNC served by the controller; Chromium and Node.js for
+  # the browser tests (playwright-core drives Debian's Chromium).
+  novnc chromium nodejs
 )
 
 step() { printf '\n==> %s\n' "$*" >&2; }
@@ -30,6 +36,8 @@ missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
 done
+# npm: Debian's package, unless the installed Node.js brings its own.
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 if [ "${#missing[@]}" -gt 0 ]; then
   step "installing Debian packages: ${missing[*]}"
   apt-get update -q
@@ -38,8 +46,8 @@ else
   step "Debian packages already installed"
 fi
 
-step "building polydev and polydev-agent (cargo, release)"
-cargo build --release -p polydev -p polydev-agent
+step "building polydev, polydev-agent and polydev-streamer (cargo, release)"
+cargo build --release -p polydev -p polydev-agent -p polydev-stream
 
 step "guest kernel"
 ./target/release/polydev kernel build >/dev/null

@@ -13,6 +13,7 @@
 //! | `GET /oauth-url` | the active login's URL, else the last URL recorded |
 //! | `POST /auth/{provider}`, `GET /auth/callback`, `POST /auth/code` | provider logins ([`login`](crate::login)) |
 //! | `GET /credentials/status`, `GET /credentials/get` | the login's outcome ([`login`](crate::login)) |
+//! | `POST /webrtc/offer`, `POST /webrtc/candidate`, `GET /webrtc/stats` | the WebRTC live view through the screen streamer ([`webrtc`](crate::webrtc)) |
 
 use std::sync::Arc;
 
@@ -27,6 +28,7 @@ use serde_json::json;
 
 use crate::login::{self, LoginConfig, LoginState};
 use crate::open_url::UrlState;
+use crate::webrtc::{self, StreamerConfig, WebrtcState};
 use crate::{auth, exec, files, uptime};
 
 /// Largest request body (a file to install, base64).
@@ -43,6 +45,8 @@ pub struct AppState {
     pub urls: Arc<UrlState>,
     /// Provider logins.
     pub login: Arc<LoginState>,
+    /// The screen streamer (WebRTC live view).
+    pub webrtc: Arc<WebrtcState>,
 }
 
 impl AppState {
@@ -53,6 +57,7 @@ impl AppState {
             token: config.token.as_str().into(),
             urls: Arc::new(UrlState::default()),
             login: Arc::new(LoginState::new(LoginConfig::default())),
+            webrtc: Arc::new(WebrtcState::default()),
         }
     }
 
@@ -60,6 +65,13 @@ impl AppState {
     /// and a temporary home).
     pub fn with_login(mut self, config: LoginConfig) -> Self {
         self.login = Arc::new(LoginState::new(config));
+        self
+    }
+
+    /// The same state with the screen streamer started per `config`
+    /// (tests: another binary, display and user).
+    pub fn with_streamer(mut self, config: StreamerConfig) -> Self {
+        self.webrtc = Arc::new(WebrtcState::new(config));
         self
     }
 }
@@ -139,6 +151,9 @@ pub fn router(state: AppState) -> Router {
         .route("/auth/{provider}", post(login::start_handler))
         .route("/credentials/status", get(login::status_handler))
         .route("/credentials/get", get(login::get_handler))
+        .route("/webrtc/offer", post(webrtc::offer_handler))
+        .route("/webrtc/candidate", post(webrtc::candidate_handler))
+        .route("/webrtc/stats", get(webrtc::stats_handler))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn_with_state(

@@ -18,3 +18,4 @@ pub mod open_url;
 pub mod ready;
 pub mod uptime;
 pub mod users;
+pub mod webrtc;

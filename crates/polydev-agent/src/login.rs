@@ -247,12 +247,25 @@ pub async fn start_handler(
     });
     drop(_starting);
     match wait_for_url(session.clone(), URL_TIMEOUT).await? {
-        Ok(url) => Ok(Json(json!({
+        Ok(url) => {
+            // A CLI that only prints its URL (Gemini's paste mode) did not
+            // open a browser: put the page on the display for the user.
+            if session.urls().hook.is_empty() {
+                let urls = state.urls.clone();
+                let u = url.clone();
+                match tokio::task::spawn_blocking(move || urls.open(&u, "output")).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => eprintln!("polydev-agent: opening the login URL: {e}"),
+                    Err(e) => eprintln!("polydev-agent: opening the login URL: {e}"),
+                }
+            }
+            Ok(Json(json!({
             "success": true,
             "sessionId": req.session_id,
             "provider": provider,
             "oauthUrl": url,
-        }))),
+            })))
+        }
         Err(status) => Err(match failure_message(&status) {
             Some(m) => ApiError::new(StatusCode::BAD_GATEWAY, "login_failed", m),
             None if status == LoginStatus::Cancelled => ApiError::new(

@@ -53,7 +53,8 @@ impl Default for Browser {
 pub struct OpenedUrl {
     /// The URL.
     pub url: String,
-    /// `"hook"` (from `$BROWSER`/`xdg-open`) or `"api"` (`POST /open-url`).
+    /// `"hook"` (from `$BROWSER`/`xdg-open`), `"api"` (`POST /open-url`) or
+    /// `"output"` (a URL the CLI only printed, opened by the login driver).
     pub source: &'static str,
     /// Guest uptime when it arrived.
     pub uptime_ms: u64,

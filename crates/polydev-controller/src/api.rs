@@ -21,7 +21,10 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .route("/api/auth/start", axum::routing::post(auth_start))
         .route("/api/auth/session/{id}", get(auth_session))
         .route("/api/vm/auth/{id}", axum::routing::delete(auth_cancel))
-        .route("/api/auth/session/{id}/code", axum::routing::post(auth_code))
+        .route(
+            "/api/auth/session/{id}/code",
+            axum::routing::post(auth_code),
+        )
         .route("/api/vms/{id}/hibernate", axum::routing::post(hibernate))
         .route("/api/vms/{id}/resume", axum::routing::post(resume))
         .route_layer(axum::middleware::from_fn_with_state(

@@ -237,7 +237,9 @@ impl AuthFlow {
                 Duration::from_secs(30),
             )
             .await
-            .map_err(|e| FlowError::Agent(format!("typing the code into the {} CLI: {e}", s.provider)))?;
+            .map_err(|e| {
+                FlowError::Agent(format!("typing the code into the {} CLI: {e}", s.provider))
+            })?;
         tracing::info!(session_id = id, "code handed to the CLI");
         Ok(())
     }
@@ -691,7 +693,10 @@ mod tests {
         let c = companion_files(&got, Provider::GeminiCli);
         assert_eq!(
             c,
-            vec![("/home/polydev/.gemini/settings.json".to_string(), "Yg==".to_string())]
+            vec![(
+                "/home/polydev/.gemini/settings.json".to_string(),
+                "Yg==".to_string()
+            )]
         );
         assert!(companion_files(&serde_json::json!({}), Provider::Codex).is_empty());
     }
@@ -704,9 +709,17 @@ mod tests {
             "",
         );
         assert!(m.contains("cannot reach the provider"), "{m}");
-        let m = login_failure(Provider::GeminiCli, "FatalAuthenticationError (exit code 41)", "[\"getaddrinfo EAI_AGAIN oauth2.googleapis.com\"]");
+        let m = login_failure(
+            Provider::GeminiCli,
+            "FatalAuthenticationError (exit code 41)",
+            "[\"getaddrinfo EAI_AGAIN oauth2.googleapis.com\"]",
+        );
         assert!(m.contains("cannot reach the provider"), "{m}");
-        let m = login_failure(Provider::ClaudeCode, "Couldn't log in: invalid_grant (exit code 1)", "");
+        let m = login_failure(
+            Provider::ClaudeCode,
+            "Couldn't log in: invalid_grant (exit code 1)",
+            "",
+        );
         assert!(!m.contains("cannot reach"), "{m}");
     }
 

@@ -39,10 +39,7 @@ pub fn input_hash(name: &str, base: &ImageArtifact, files: &[DerivedFile]) -> St
         ("base".into(), base.hash.as_bytes().to_vec()),
     ];
     for f in files {
-        parts.push((
-            format!("file:{}:{:o}", f.path, f.mode),
-            f.content.clone(),
-        ));
+        parts.push((format!("file:{}:{:o}", f.path, f.mode), f.content.clone()));
     }
     let borrowed: Vec<(&str, &[u8])> = parts
         .iter()
@@ -221,7 +218,10 @@ fn build_locked(
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     let m = Manifest {
-        flavour: format!("{name} (derived from {} {})", base_manifest.flavour, base.hash),
+        flavour: format!(
+            "{name} (derived from {} {})",
+            base_manifest.flavour, base.hash
+        ),
         input_hash: hash.into(),
         image_sha256,
         build_seconds: started.elapsed().as_secs(),
@@ -291,7 +291,9 @@ mod tests {
         };
         let s = debugfs_commands(&f, Path::new("/tmp/0"));
         assert!(s.contains("mkdir \"/usr\"\nmkdir \"/usr/local\"\nmkdir \"/usr/local/bin\"\n"));
-        assert!(s.contains("rm \"/usr/local/bin/claude\"\nwrite \"/tmp/0\" \"/usr/local/bin/claude\"\n"));
+        assert!(s.contains(
+            "rm \"/usr/local/bin/claude\"\nwrite \"/tmp/0\" \"/usr/local/bin/claude\"\n"
+        ));
         assert!(s.contains("mode 0100755"));
         assert!(s.contains("uid 0") && s.contains("gid 0"));
     }

@@ -298,7 +298,9 @@ mod tests {
     fn browser_speaks_devtools_on_the_cdp_port() {
         let files = Flavour::Browser.files();
         let wrapper = files.iter().find(|f| f.0 == BROWSER_WRAPPER).unwrap();
-        assert!(wrapper.1.contains(&format!("--remote-debugging-port={CDP_PORT}")));
+        assert!(wrapper
+            .1
+            .contains(&format!("--remote-debugging-port={CDP_PORT}")));
         let cdp = files.iter().find(|f| f.0 == CDP_TOOL).unwrap();
         assert!(cdp.1.contains(&format!("|| {CDP_PORT}")));
     }

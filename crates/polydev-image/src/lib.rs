@@ -10,8 +10,8 @@
 #![warn(missing_docs)]
 
 pub mod check;
-pub mod derived;
 pub mod command;
+pub mod derived;
 pub mod error;
 pub mod flavour;
 pub mod hashing;

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use polydev_core::guest::{AGENT_BIN, AGENT_UNIT, GUEST_INIT, STATE_MOUNT};
+use polydev_core::guest::{AGENT_BIN, AGENT_UNIT, GUEST_INIT, STATE_MOUNT, STREAMER_BIN};
 
 use crate::command;
 use crate::error::{Error, Result};
@@ -139,6 +139,29 @@ fn complete(a: &ImageArtifact) -> bool {
     a.path.is_file() && a.manifest_path.is_file()
 }
 
+/// The screen streamer that browser images carry: `polydev-streamer`
+/// beside the agent binary (both come out of the same `cargo build`).
+pub fn streamer_bin(agent_bin: &Path) -> PathBuf {
+    agent_bin.with_file_name("polydev-streamer")
+}
+
+/// What the image's input hash records of the binaries it carries: the
+/// agent's SHA-256, and for images with a display the streamer's too.
+fn binaries_sha256(flavour: Flavour, agent_bin: &Path) -> Result<String> {
+    let agent = agent_sha256(agent_bin)?;
+    if !flavour.has_display() {
+        return Ok(agent);
+    }
+    let streamer = streamer_bin(agent_bin);
+    if !streamer.is_file() {
+        return Err(Error::InvalidInput(format!(
+            "the screen streamer {} does not exist: build it with `cargo build --release -p polydev-stream`",
+            streamer.display()
+        )));
+    }
+    Ok(format!("{agent}+streamer:{}", file_sha256(&streamer)?))
+}
+
 fn agent_sha256(agent_bin: &Path) -> Result<String> {
     let meta = std::fs::metadata(agent_bin).map_err(Error::io("read agent binary", agent_bin))?;
     if !meta.is_file() {
@@ -156,7 +179,7 @@ pub fn locate(
     cache_dir: &Path,
     agent_bin: &Path,
 ) -> Result<Option<ImageArtifact>> {
-    let hash = input_hash(flavour, &agent_sha256(agent_bin)?);
+    let hash = input_hash(flavour, &binaries_sha256(flavour, agent_bin)?);
     let a = artifact(&image_dir(cache_dir, flavour, &hash), &hash, true);
     Ok(complete(&a).then_some(a))
 }
@@ -199,7 +222,7 @@ pub fn build(
     progress: &mut dyn Progress,
 ) -> Result<ImageArtifact> {
     let agent_sha = agent_sha256(agent_bin)?;
-    let hash = input_hash(flavour, &agent_sha);
+    let hash = input_hash(flavour, &binaries_sha256(flavour, agent_bin)?);
     let dir = image_dir(cache_dir, flavour, &hash);
     let a = artifact(&dir, &hash, true);
     if complete(&a) {
@@ -365,6 +388,11 @@ echo polydev > "$root/etc/hostname"
             "install -D -m {mode:04o} \"$stage/files/{}\" \"$root\"{}\n",
             staged_name(path),
             sh_quote(path)
+        ));
+    }
+    if flavour.has_display() {
+        s.push_str(&format!(
+            "install -D -m 0755 \"$stage/polydev-streamer\" \"$root{STREAMER_BIN}\"\n"
         ));
     }
     if flavour.has_clis() {
@@ -538,6 +566,11 @@ fn build_locked(
     }
     let staged_agent = stage.join("polydev-agent");
     std::fs::copy(agent_bin, &staged_agent).map_err(Error::io("copy", agent_bin))?;
+    if flavour.has_display() {
+        let streamer = streamer_bin(agent_bin);
+        std::fs::copy(&streamer, stage.join("polydev-streamer"))
+            .map_err(Error::io("copy", &streamer))?;
+    }
     let write = |name: &str, text: &str| -> Result<()> {
         let p = stage.join(name);
         std::fs::write(&p, text).map_err(Error::io("write", &p))

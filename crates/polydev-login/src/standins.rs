@@ -47,7 +47,11 @@ pub fn image_files() -> Vec<(String, String, u32)> {
     let mut files = Vec::new();
     for p in [Provider::ClaudeCode, Provider::Codex, Provider::GeminiCli] {
         let cmd = crate::provider::program_name(p);
-        files.push((format!("{SCRIPT_DIR}/{cmd}.js"), script(p).to_owned(), 0o644));
+        files.push((
+            format!("{SCRIPT_DIR}/{cmd}.js"),
+            script(p).to_owned(),
+            0o644,
+        ));
         files.push((format!("{BIN_DIR}/{cmd}"), wrapper(p), 0o755));
     }
     files

@@ -44,7 +44,12 @@ fn approve_in_chromium(ns: &str, token: &str, auth_url: &str) {
     // Chromium was opened on the URL by the CLI's `$BROWSER`; load it again
     // in case the provider link came up after the first attempt.
     cdp(ns, token, &["wait", ":", "100"], Duration::from_secs(400));
-    cdp(ns, token, &["navigate", ":", auth_url], Duration::from_secs(30));
+    cdp(
+        ns,
+        token,
+        &["navigate", ":", auth_url],
+        Duration::from_secs(30),
+    );
     let approve = r#"new Promise((ok, fail) => {
         const until = Date.now() + 60000;
         const go = () => {
@@ -75,7 +80,12 @@ fn pasted_code(ns: &str, token: &str) -> String {
         };
         go();
     })"#;
-    let out = cdp(ns, token, &["eval", "/authcode", read], Duration::from_secs(90));
+    let out = cdp(
+        ns,
+        token,
+        &["eval", "/authcode", read],
+        Duration::from_secs(90),
+    );
     serde_json::from_str::<String>(&out).expect("the code as a JSON string")
 }
 
@@ -138,7 +148,8 @@ fn connect(c: &Controller, net: &ProviderNet, provider: &str) -> Connected {
             salt: row.salt.clone(),
             key_id: row.key_id.clone(),
         };
-        ring.open(USER, provider, &sealed).expect("the row decrypts")
+        ring.open(USER, provider, &sealed)
+            .expect("the row decrypts")
     });
     Connected {
         plaintext: plaintext.to_vec(),
@@ -217,17 +228,15 @@ fn connect_three_providers_end_to_end_with_standins() {
         let cli_id = cli["vmId"].as_str().unwrap();
         let cli_ns = cli["netns"].as_str().unwrap();
         let cli_token = token_of(&c, cli_id);
-        let (code, out, err) = exec(
-            cli_ns,
-            &cli_token,
-            &["stat", "-c", "%a %U", path],
-            None,
-        );
+        let (code, out, err) = exec(cli_ns, &cli_token, &["stat", "-c", "%a %U", path], None);
         assert_eq!(code, 0, "{err}");
         assert_eq!(out.trim(), "600 polydev", "{provider}: {path}");
         let (code, content, err) = exec(cli_ns, &cli_token, &["cat", path], None);
         assert_eq!(code, 0, "{err}");
-        assert_eq!(content, text, "{provider}: the file differs from the sealed row");
+        assert_eq!(
+            content, text,
+            "{provider}: the file differs from the sealed row"
+        );
         if provider == "codex" {
             // The real Codex CLI in the CLI image checks the file offline.
             let (code, out, err) = exec(
@@ -246,7 +255,12 @@ fn connect_three_providers_end_to_end_with_standins() {
             let (code, out, err) = exec(
                 cli_ns,
                 &cli_token,
-                &["stat", "-c", "%a %U", "/home/polydev/.gemini/google_accounts.json"],
+                &[
+                    "stat",
+                    "-c",
+                    "%a %U",
+                    "/home/polydev/.gemini/google_accounts.json",
+                ],
                 None,
             );
             assert_eq!((code, out.trim()), (0, "600 polydev"), "{err}");

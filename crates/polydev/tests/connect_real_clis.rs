@@ -22,7 +22,9 @@ fn real_cli_session(c: &Controller, provider: Provider) {
     let (st, v) = c.call(
         "POST",
         "/api/auth/start",
-        Some(&format!(r#"{{"userId":"real-cli","provider":"{provider}"}}"#)),
+        Some(&format!(
+            r#"{{"userId":"real-cli","provider":"{provider}"}}"#
+        )),
     );
     assert_eq!(st, 200, "{v}");
     let sid = v["sessionId"].as_str().unwrap().to_string();
@@ -77,8 +79,26 @@ fn real_cli_session(c: &Controller, provider: Provider) {
             cdp(&ns, &token, &["wait", ":", "100"], Duration::from_secs(400));
             // Not Page.navigate: the CLI may hold the redirect's answer
             // while it tries its provider.
+            // The CLI then fails and the VM is destroyed, maybe before this
+            // call returns: do not wait for it.
             let go = format!("location.href = {}; true", json!(back));
-            cdp(&ns, &token, &["eval", ":", &go], Duration::from_secs(60));
+            let (ns2, token2) = (ns.clone(), token.clone());
+            std::thread::spawn(move || {
+                let _ = common::connect::exec(
+                    &ns2,
+                    &token2,
+                    &[
+                        "node",
+                        "--experimental-websocket",
+                        "--no-warnings",
+                        "/usr/local/bin/polydev-cdp",
+                        "eval",
+                        ":",
+                        &go,
+                    ],
+                    Some("polydev"),
+                );
+            });
         }
     }
     let start = Instant::now();

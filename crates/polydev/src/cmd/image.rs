@@ -201,11 +201,13 @@ pub fn standin_image(cache: &Path) -> anyhow::Result<ImageArtifact> {
     let base = newest(Flavour::Browser, cache)?;
     let files: Vec<polydev_image::derived::DerivedFile> = polydev_login::standins::image_files()
         .into_iter()
-        .map(|(path, content, mode)| polydev_image::derived::DerivedFile {
-            path,
-            content: content.into_bytes(),
-            mode,
-        })
+        .map(
+            |(path, content, mode)| polydev_image::derived::DerivedFile {
+                path,
+                content: content.into_bytes(),
+                mode,
+            },
+        )
         .collect();
     let mut p = polydev_image::StderrProgress::new("image");
     Ok(polydev_image::derived::build(

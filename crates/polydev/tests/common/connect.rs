@@ -38,7 +38,10 @@ pub fn exec(ns: &str, token: &str, argv: &[&str], user: Option<&str>) -> (i64, S
         body["user"] = u.into();
     }
     let (code, v) = agent_post(ns, token, "/exec", &body);
-    assert_eq!(code, 200, "exec {argv:?}: {v}");
+    assert_eq!(
+        code, 200,
+        "exec {argv:?} (0: no answer from the agent): {v}"
+    );
     (
         v["exitCode"].as_i64().unwrap_or(-1),
         v["stdout"].as_str().unwrap_or_default().to_string(),
