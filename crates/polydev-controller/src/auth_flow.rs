@@ -329,13 +329,26 @@ impl AuthFlow {
                     "POST",
                     &format!("/auth/{}", s.provider),
                     Some(body),
-                    Duration::from_secs(30),
+                    Duration::from_secs(45),
                 )
-                .await
-                .map_err(|e| format!("starting the {} login in the browser VM: {e}", s.provider))?;
-            let url = match started.get("oauthUrl").and_then(|u| u.as_str()) {
-                Some(u) if !u.is_empty() => u.to_string(),
-                _ => self.wait_url(&rec, s.provider).await?,
+                .await;
+            let url = match started {
+                Ok(v) => match v.get("oauthUrl").and_then(|u| u.as_str()) {
+                    Some(u) if !u.is_empty() => u.to_string(),
+                    _ => self.wait_url(&rec, s.provider).await?,
+                },
+                // The CLI is still starting (a Node.js CLI under TCG can take
+                // a minute): the login goes on in the agent; ask for its URL.
+                Err(e) if e.contains("timed out") || e.contains(" 504 ") => {
+                    tracing::info!(session_id = %id, "the CLI is slow to show its URL; waiting for it");
+                    self.wait_url(&rec, s.provider).await?
+                }
+                Err(e) => {
+                    return Err(format!(
+                        "starting the {} login in the browser VM: {e}",
+                        s.provider
+                    ))
+                }
             };
             self.advance(&id, S::Ready, S::AwaitingUserAuth, None, Some(&url))
                 .await?;

@@ -52,6 +52,24 @@ try {
     after = await frameHash(page);
     if (after !== before) break;
   }
+  // Latency estimate: a key pressed here until the picture here changes
+  // (viewer → data channel → XTest → guest Chromium repaints → capture →
+  // VP8 → viewer). Each '.' typed changes the guest's text field.
+  const keyToPixelsMs = [];
+  for (let i = 0; i < 5; i++) {
+    await sleep(1500);
+    const h0 = await frameHash(page);
+    const t0 = performance.now();
+    await page.keyboard.press('Period');
+    const until = Date.now() + 20000;
+    while (Date.now() < until) {
+      await sleep(10);
+      if ((await frameHash(page)) !== h0) { keyToPixelsMs.push(Math.round(performance.now() - t0)); break; }
+    }
+  }
+  for (let i = 0; i < 5; i++) await page.keyboard.press('Backspace');
+  await sleep(2000);
+  result.keyToPixelsMs = keyToPixelsMs;
   v = await page.evaluate(() => ({ ...window.polydevViewer, rfb: undefined }));
   Object.assign(result, {
     width: v.width, height: v.height, frames: v.frames, framesBefore,
