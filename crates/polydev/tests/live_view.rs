@@ -609,15 +609,19 @@ fn webrtc_viewer_streams_and_takes_input() {
     let (vm, ns) = browser_vm(&c, &sid);
     wait_status(&c, &sid, "awaiting_user_auth", Duration::from_secs(900));
     let agent = token_of(&c, &vm);
-    // A page with one big text field in the guest's Chromium.
-    let page = "data:text/html,<title>polydev-input</title><input id=t autofocus style='width:95vw;height:90vh;font-size:64px'>";
+    // One big text field in the guest's Chromium: a blank page with the
+    // field put in by script.
     cdp(&ns, &agent, &["wait", ":", "100"], Duration::from_secs(400));
     cdp(
         &ns,
         &agent,
-        &["navigate", ":", page],
+        &["navigate", ":", "about:blank"],
         Duration::from_secs(120),
     );
+    let field = "document.title = 'polydev-input'; \
+        document.body.innerHTML = \"<input id=t style='width:95vw;height:90vh;font-size:64px'>\"; \
+        document.getElementById('t').focus(); true";
+    cdp(&ns, &agent, &["eval", "about:blank", field], Duration::from_secs(120));
     let m = mint(&c, &sid, "");
     let text = "polydev-live-42";
     let (ok, v) = node(
@@ -644,7 +648,7 @@ fn webrtc_viewer_streams_and_takes_input() {
     let typed = cdp(
         &ns,
         &agent,
-        &["eval", "data:", "document.getElementById('t').value"],
+        &["eval", "about:blank", "document.getElementById('t').value"],
         Duration::from_secs(30),
     );
     assert_eq!(typed.trim_matches('"'), text, "the typed text in the guest");
