@@ -467,7 +467,7 @@ fn novnc_and_signaling_through_the_controller() {
     let agent = token_of(&c, &vm);
 
     // The offer given at start was handed to the VM once it was ready:
-    // answered (with the relay's address), or refused by the agent, saying why.
+    // answered by the guest's streamer, with the relay's address.
     let answer_url = c.url(&format!("/api/webrtc/session/{sid}/answer"));
     let start = Instant::now();
     let answer = loop {
@@ -487,14 +487,6 @@ fn novnc_and_signaling_through_the_controller() {
             assert!(!a.contains("169.254.0.22"), "the guest address leaked: {a}");
             assert!(a.contains("127.0.0.1"), "the relay's address: {a}");
             eprintln!("the guest answered the offer: {v}");
-        }
-        (502, v) => {
-            assert_eq!(code(&v), "webrtc_failed", "{v}");
-            assert!(
-                v["error"]["message"].as_str().unwrap().contains("agent"),
-                "{v}"
-            );
-            eprintln!("the guest has no streamer yet: {v}");
         }
         other => panic!("unexpected answer: {other:?}"),
     }
@@ -604,24 +596,40 @@ fn webrtc_viewer_streams_and_takes_input() {
     let c = Controller::start(&[
         ("POLYDEV_AUTH_TIMEOUT_SECS", "1800"),
         ("POLYDEV_WEBRTC_TIMEOUT_SECS", "60"),
+        // Chromium's renderer needs more than the harness's 512 MiB to load
+        // a second page.
+        ("POLYDEV_BROWSER_MEMORY_MB", "1536"),
     ]);
     let sid = start_session(&c, "webrtc-user", None);
     let (vm, ns) = browser_vm(&c, &sid);
     wait_status(&c, &sid, "awaiting_user_auth", Duration::from_secs(900));
     let agent = token_of(&c, &vm);
-    // One big text field in the guest's Chromium: a blank page with the
-    // field put in by script.
+    // One big text field in the guest's Chromium, on a page served inside
+    // the guest (DevTools lists data: and about:blank pages without a URL).
+    // setsid: out of the agent's process group, which /exec ends with the command.
+    let server = "setsid -f node -e \"require('http').createServer((q, r) => { \
+        r.setHeader('content-type', 'text/html'); \
+        r.end('<title>polydev-input</title><input id=t autofocus style=width:95vw;height:90vh;font-size:64px>'); \
+        }).listen(8099, '127.0.0.1')\" </dev/null >/dev/null 2>&1";
+    let (code, _, err) = exec(&ns, &agent, &["sh", "-c", server], Some("polydev"));
+    assert_eq!(code, 0, "{err}");
     cdp(&ns, &agent, &["wait", ":", "100"], Duration::from_secs(400));
     cdp(
         &ns,
         &agent,
-        &["navigate", ":", "about:blank"],
+        &["navigate", ":", "http://127.0.0.1:8099/"],
         Duration::from_secs(120),
     );
-    let field = "document.title = 'polydev-input'; \
-        document.body.innerHTML = \"<input id=t style='width:95vw;height:90vh;font-size:64px'>\"; \
-        document.getElementById('t').focus(); true";
-    cdp(&ns, &agent, &["eval", "about:blank", field], Duration::from_secs(120));
+    let focus = "new Promise((ok, fail) => { const until = Date.now() + 60000; const go = () => { \
+        const t = document.getElementById('t'); \
+        if (!t) return Date.now() > until ? fail(new Error('no field')) : setTimeout(go, 250); \
+        t.focus(); ok(true); }; go(); })";
+    cdp(
+        &ns,
+        &agent,
+        &["eval", "127.0.0.1:8099", focus],
+        Duration::from_secs(120),
+    );
     let m = mint(&c, &sid, "");
     let text = "polydev-live-42";
     let (ok, v) = node(
@@ -648,7 +656,11 @@ fn webrtc_viewer_streams_and_takes_input() {
     let typed = cdp(
         &ns,
         &agent,
-        &["eval", "about:blank", "document.getElementById('t').value"],
+        &[
+            "eval",
+            "127.0.0.1:8099",
+            "document.getElementById('t').value",
+        ],
         Duration::from_secs(30),
     );
     assert_eq!(typed.trim_matches('"'), text, "the typed text in the guest");
