@@ -58,7 +58,7 @@ pub fn credential_path(p: Provider) -> &'static str {
 /// The guest user that owns installed credentials.
 pub const CLI_USER: &str = "polydev";
 /// The VNC port of browser VMs.
-pub const VNC_PORT: u16 = 5901;
+pub use polydev_core::guest::VNC_PORT;
 
 /// Errors of the connect flow that an API caller can act on.
 #[derive(Debug, thiserror::Error)]

@@ -17,6 +17,8 @@ pub const LINK_NETMASK: &str = "255.255.255.252";
 pub const GUEST_MAC: &str = "06:00:a9:fe:00:16";
 /// TCP port the agent listens on inside the guest.
 pub const AGENT_PORT: u16 = 7070;
+/// TCP port of the VNC server in browser images (display `:1`).
+pub const VNC_PORT: u16 = 5901;
 /// UDP port the screen streamer (`polydev-streamer`, browser images) listens
 /// on inside the guest for WebRTC media.
 pub const STREAM_PORT: u16 = 7071;

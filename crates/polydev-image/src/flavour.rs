@@ -20,7 +20,7 @@ pub const HOME_LABEL: &str = "polydev-home";
 /// The X display of browser images.
 pub const DISPLAY: &str = ":1";
 /// TCP port of the VNC server in browser images.
-pub const VNC_PORT: u16 = 5901;
+pub const VNC_PORT: u16 = polydev_core::guest::VNC_PORT;
 /// The `BROWSER` / `xdg-open` hook script.
 pub const OPEN_URL_HOOK: &str = "/usr/local/bin/polydev-open-url";
 /// Chromium wrapper with the flags a guest needs.

@@ -241,7 +241,7 @@ pub async fn proxy(
             polydev_core::guest::GUEST_ADDR
                 .parse::<std::net::Ipv4Addr>()
                 .expect("constant"),
-            crate::auth_flow::VNC_PORT,
+            polydev_core::guest::VNC_PORT,
         ));
         let s = polydev_net::netns::connect_tcp(&netns, addr, Duration::from_secs(5))?;
         s.set_nonblocking(true)
