@@ -181,6 +181,7 @@ fn connect_three_providers_end_to_end_with_standins() {
         ("POLYDEV_BROWSER_MEMORY_MB", "1536"),
         // Under TCG on a loaded host the test's own steps take minutes.
         ("POLYDEV_AUTH_TIMEOUT_SECS", "1200"),
+        ("POLYDEV_AUTH_URL_TIMEOUT_SECS", "600"),
     ]);
     let cases = [
         ("codex", "/home/polydev/.codex/auth.json", "access_token"),

@@ -130,6 +130,8 @@ fn real_clis_show_a_well_formed_url_and_fail_clearly_offline() {
     let c = Controller::start(&[
         ("POLYDEV_BROWSER_MEMORY_MB", "1536"),
         ("POLYDEV_AUTH_TIMEOUT_SECS", "1200"),
+        // The real Gemini CLI (Node.js) is slow to start under TCG.
+        ("POLYDEV_AUTH_URL_TIMEOUT_SECS", "600"),
     ]);
     for p in [Provider::Codex, Provider::ClaudeCode, Provider::GeminiCli] {
         real_cli_session(&c, p);

@@ -45,6 +45,10 @@ pub struct Args {
     /// Seconds a browser VM's VNC server may take to answer once its agent is ready.
     #[arg(long, env = "POLYDEV_AUTH_DISPLAY_TIMEOUT_SECS", default_value_t = 90)]
     auth_display_timeout_secs: u64,
+    /// Seconds a provider CLI may take to show its authorization URL once
+    /// started (a Node.js CLI under TCG can take minutes).
+    #[arg(long, env = "POLYDEV_AUTH_URL_TIMEOUT_SECS", default_value_t = 120)]
+    auth_url_timeout_secs: u64,
     /// Largest accepted request body in bytes.
     #[arg(long, env = "POLYDEV_MAX_BODY_BYTES", default_value_t = 65536)]
     max_body_bytes: usize,
@@ -76,6 +80,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         user_timeout: std::time::Duration::from_secs(a.auth_timeout_secs.max(1)),
         rate_limit: a.auth_rate_limit,
         display_timeout: std::time::Duration::from_secs(a.auth_display_timeout_secs.max(1)),
+        url_timeout: std::time::Duration::from_secs(a.auth_url_timeout_secs.max(1)),
         ..Default::default()
     };
     polydev_controller::serve(cfg, auth).await
