@@ -277,20 +277,7 @@ pub async fn deliver(rt: &Arc<Runtime>, id: &str, wait: bool) -> Result<(), Stri
         .get_mut(id)
         .map(|e| std::mem::take(&mut e.pending))
         .unwrap_or_default();
-    for c in pending {
-        if let Err(e) = rt
-            .agent_call(
-                &rec,
-                "POST",
-                "/webrtc/candidate",
-                Some(c),
-                Duration::from_secs(10),
-            )
-            .await
-        {
-            tracing::warn!(session_id = %id, error = %e, "forwarding a viewer candidate");
-        }
-    }
+    forward_candidates(rt, &rec, id, pending).await;
     Ok(())
 }
 
@@ -521,20 +508,7 @@ pub async fn post_candidates(
             let rt = live.rt().clone();
             let sid = id.clone();
             tokio::spawn(async move {
-                for c in cands {
-                    if let Err(e) = rt
-                        .agent_call(
-                            &rec,
-                            "POST",
-                            "/webrtc/candidate",
-                            Some(c),
-                            Duration::from_secs(10),
-                        )
-                        .await
-                    {
-                        tracing::warn!(session_id = %sid, error = %e, "forwarding a viewer candidate");
-                    }
-                }
+                forward_candidates(&rt, &rec, &sid, cands).await;
             });
             Ok(Json(json!({"success": true, "accepted": n, "forwarded": true})).into_response())
         }
@@ -588,5 +562,29 @@ mod tests {
         assert!(viewer_candidate(&json!({"candidate": "rm -rf /"})).is_err());
         assert!(viewer_candidate(&json!({"candidate": "candidate:\n"})).is_err());
         assert!(viewer_candidate(&json!({})).is_err());
+    }
+}
+
+/// Hands the viewer's ICE candidates to the guest's agent, one by one; a
+/// candidate the agent refuses is logged and skipped.
+async fn forward_candidates(
+    rt: &crate::runtime::Runtime,
+    rec: &polydev_store::VmRecord,
+    session_id: &str,
+    candidates: Vec<serde_json::Value>,
+) {
+    for c in candidates {
+        if let Err(e) = rt
+            .agent_call(
+                rec,
+                "POST",
+                "/webrtc/candidate",
+                Some(c),
+                Duration::from_secs(10),
+            )
+            .await
+        {
+            tracing::warn!(session_id, error = %e, "forwarding a viewer candidate");
+        }
     }
 }
