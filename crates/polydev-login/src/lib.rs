@@ -25,6 +25,7 @@ mod error;
 pub mod hook;
 #[cfg(feature = "oauth-standin")]
 pub mod oauth_standin;
+pub mod prepare;
 pub mod provider;
 pub mod pty;
 pub mod session;

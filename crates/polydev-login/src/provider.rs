@@ -97,7 +97,9 @@ pub fn login_env(provider: Provider, options: &LoginOptions) -> Vec<(String, Str
         Provider::ClaudeCode => set("CLAUDE_CODE_FULL_SIGN_IN_LINK", "1"),
         Provider::Codex => {}
         Provider::GeminiCli => {
-            // Sign in with Google without the auth-method menu.
+            // "Login with Google" when the CLI runs without a terminal; with
+            // one (as here) the choice comes from ~/.gemini/settings.json,
+            // which `prepare::prepare_home` writes.
             set("GOOGLE_GENAI_USE_GCA", "true");
             match options.gemini_mode {
                 GeminiMode::Paste => set("NO_BROWSER", "true"),

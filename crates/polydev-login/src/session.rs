@@ -29,6 +29,7 @@ use crate::callback::{self, CallbackResponse};
 use crate::credentials::{self, Credentials};
 use crate::hook::Hook;
 use crate::provider::{self, LoginOptions, Provider};
+use crate::prepare;
 use crate::pty;
 use crate::url::{find_urls, is_authorize_url, local_redirect};
 use crate::LoginError;
@@ -236,6 +237,9 @@ impl LoginSession {
             id
         ));
         let hook = Hook::write(&hook_dir, &options.opener, user.ids)?;
+        prepare::prepare_home(provider, &user.home, user.ids).inspect_err(|_| {
+            let _ = std::fs::remove_dir_all(&hook.dir);
+        })?;
         let cred_path = credentials::path_in(provider, &user.home);
         let before = std::fs::read(&cred_path).ok();
 

@@ -41,6 +41,10 @@ function writeJson(file, obj) {
   fs.renameSync(tmp, file);
 }
 
+function selectedType() {
+  try { return JSON.parse(fs.readFileSync(path.join(DIR, 'settings.json'), 'utf8')).security.auth.selectedType; } catch (_) { return undefined; }
+}
+
 function loggedIn() {
   try { const j = JSON.parse(fs.readFileSync(CREDS, 'utf8')); return !!(j.access_token && j.refresh_token); } catch (_) { return false; }
 }
@@ -159,7 +163,10 @@ function main() {
   if (loggedIn()) return prompt(rl);
   const paste = process.env.NO_BROWSER === 'true' || process.env.DEBIAN_FRONTEND === 'noninteractive' || !process.env.DISPLAY;
   const go = () => (paste ? pasteMode(rl) : browserMode(rl));
-  if (process.env.GOOGLE_GENAI_USE_GCA === 'true') return go();
+  // Like Gemini CLI 0.61 in a terminal: the sign-in starts only when the
+  // settings name an auth type (GOOGLE_GENAI_USE_GCA counts only without a
+  // terminal); otherwise the auth menu waits for a choice.
+  if (selectedType() === 'oauth-personal') return go();
   say('How would you like to authenticate for this project?\n\n  ● 1. Login with Google\n    2. Use Gemini API Key\n    3. Vertex AI\n\n(Press Enter to select)\n');
   rl.once('line', go);
 }

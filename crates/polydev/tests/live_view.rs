@@ -604,20 +604,18 @@ fn webrtc_viewer_streams_and_takes_input() {
     let (vm, ns) = browser_vm(&c, &sid);
     wait_status(&c, &sid, "awaiting_user_auth", Duration::from_secs(900));
     let agent = token_of(&c, &vm);
-    // One big text field in the guest's Chromium, on a page served inside
-    // the guest (DevTools lists data: and about:blank pages without a URL).
-    // setsid: out of the agent's process group, which /exec ends with the command.
-    let server = "setsid -f node -e \"require('http').createServer((q, r) => { \
-        r.setHeader('content-type', 'text/html'); \
-        r.end('<title>polydev-input</title><input id=t autofocus style=width:95vw;height:90vh;font-size:64px>'); \
-        }).listen(8099, '127.0.0.1')\" </dev/null >/dev/null 2>&1";
-    let (code, _, err) = exec(&ns, &agent, &["sh", "-c", server], Some("polydev"));
+    // One big text field in the guest's Chromium, in a file the guest's
+    // Chromium loads (DevTools lists data: and about:blank pages without a
+    // URL; a file needs no server process to stay alive in the guest).
+    let page = "printf '%s' '<title>polydev-input</title><input id=t autofocus \
+        style=width:95vw;height:90vh;font-size:64px>' > /tmp/polydev-input.html";
+    let (code, _, err) = exec(&ns, &agent, &["sh", "-c", page], Some("polydev"));
     assert_eq!(code, 0, "{err}");
     cdp(&ns, &agent, &["wait", ":", "100"], Duration::from_secs(400));
     cdp(
         &ns,
         &agent,
-        &["navigate", ":", "http://127.0.0.1:8099/"],
+        &["navigate", ":", "file:///tmp/polydev-input.html"],
         Duration::from_secs(120),
     );
     let focus = "new Promise((ok, fail) => { const until = Date.now() + 60000; const go = () => { \
@@ -627,7 +625,7 @@ fn webrtc_viewer_streams_and_takes_input() {
     cdp(
         &ns,
         &agent,
-        &["eval", "127.0.0.1:8099", focus],
+        &["eval", "polydev-input.html", focus],
         Duration::from_secs(120),
     );
     let m = mint(&c, &sid, "");
@@ -658,7 +656,7 @@ fn webrtc_viewer_streams_and_takes_input() {
         &agent,
         &[
             "eval",
-            "127.0.0.1:8099",
+            "polydev-input.html",
             "document.getElementById('t').value",
         ],
         Duration::from_secs(30),
