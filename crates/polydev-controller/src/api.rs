@@ -77,8 +77,19 @@ struct CreateVm {
     user_id: String,
 }
 
-/// Checks a user id: 1–128 characters of `[A-Za-z0-9._@-]`.
+/// Checks a user id: 1–128 characters of `[A-Za-z0-9._@-]`, not starting
+/// with `_` (reserved for the controller's own owners, such as the warm pool's).
 pub fn validate_user_id(u: &str) -> Result<(), ApiError> {
+    if !u.starts_with('_') {
+        validate_listed_user_id(u)
+    } else {
+        Err(invalid_user_id())
+    }
+}
+
+/// A user id to list VMs of: like [`validate_user_id`], but the reserved
+/// owners (`_pool`, the warm pool's) may be listed.
+fn validate_listed_user_id(u: &str) -> Result<(), ApiError> {
     let ok = !u.is_empty()
         && u.len() <= 128
         && u.bytes()
@@ -86,12 +97,16 @@ pub fn validate_user_id(u: &str) -> Result<(), ApiError> {
     if ok {
         Ok(())
     } else {
-        Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_user_id",
-            "userId must be 1-128 characters of letters, digits, '.', '_', '@' or '-'",
-        ))
+        Err(invalid_user_id())
     }
+}
+
+fn invalid_user_id() -> ApiError {
+    ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_user_id",
+        "userId must be 1-128 characters of letters, digits, '.', '_', '@' or '-', and not start with '_' (reserved)",
+    )
 }
 
 fn runtime_error(e: RuntimeError) -> ApiError {
@@ -165,7 +180,7 @@ async fn list_vms(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
     if let Some(u) = &q.user_id {
-        validate_user_id(u)?;
+        validate_listed_user_id(u)?;
     }
     let vms = s
         .runtime

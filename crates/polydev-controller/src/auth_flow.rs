@@ -9,6 +9,7 @@
 //! from its recorded status ([`AuthFlow::recover`]). Whatever ends a session,
 //! its browser VM is destroyed through the cleanup journal.
 
+use crate::pool::BrowserPool;
 use crate::runtime::{Runtime, RuntimeError};
 use polydev_core::auth::{Provider, SessionStatus as S};
 use polydev_core::vm::{now_ms, VmStatus, VmType};
@@ -31,6 +32,8 @@ pub struct AuthFlowConfig {
     pub display_timeout: Duration,
     /// How long the CLI may take to show its authorization URL once started.
     pub url_timeout: Duration,
+    /// Warm browser VMs kept hibernated for new sessions (0: none).
+    pub browser_pool: usize,
 }
 
 impl Default for AuthFlowConfig {
@@ -41,6 +44,7 @@ impl Default for AuthFlowConfig {
             rate_window: Duration::from_secs(900),
             display_timeout: Duration::from_secs(90),
             url_timeout: Duration::from_secs(120),
+            browser_pool: 0,
         }
     }
 }
@@ -113,6 +117,7 @@ pub struct AuthFlow {
     vault: Keyring,
     cfg: AuthFlowConfig,
     limiter: Mutex<RateLimiter>,
+    pool: Arc<BrowserPool>,
     tasks: Mutex<HashMap<String, tokio::task::JoinHandle<()>>>,
 }
 
@@ -120,6 +125,7 @@ impl AuthFlow {
     /// A flow over the runtime, sealing credentials with `vault`.
     pub fn new(rt: Arc<Runtime>, vault: Keyring, cfg: AuthFlowConfig) -> Arc<AuthFlow> {
         Arc::new(AuthFlow {
+            pool: BrowserPool::new(rt.clone(), cfg.browser_pool),
             rt,
             vault,
             cfg,
@@ -131,6 +137,11 @@ impl AuthFlow {
     /// The vault keyring.
     pub fn vault(&self) -> &Keyring {
         &self.vault
+    }
+
+    /// The warm pool of browser VMs ([`BrowserPool::run`] fills it).
+    pub fn pool(&self) -> &Arc<BrowserPool> {
+        &self.pool
     }
 
     /// Records a session and starts it in the background; returns at once.
@@ -298,16 +309,28 @@ impl AuthFlow {
         let mut status = s.status;
         let mut vm_id = s.browser_vm_id.clone();
         if status == S::Initializing {
-            // The VM's id is recorded before the VM exists, so a cancel or a
-            // crash at any point finds it.
-            let new_id = crate::runtime::new_vm_id();
-            self.advance(&id, S::Initializing, S::VmCreated, Some(&new_id), None)
-                .await?;
-            self.rt
-                .create_with_id(&new_id, &s.user_id, VmType::Browser)
-                .await
-                .map_err(|e| format!("creating the browser VM: {e}"))?;
-            vm_id = Some(new_id);
+            if let Some(warm) = self.pool.claim(&s.user_id).await {
+                // A warm VM from the pool: hibernated, resumed just below.
+                if let Err(e) = self
+                    .advance(&id, S::Initializing, S::VmCreated, Some(&warm), None)
+                    .await
+                {
+                    let _ = self.rt.destroy(&warm).await;
+                    return Err(e);
+                }
+                vm_id = Some(warm);
+            } else {
+                // The VM's id is recorded before the VM exists, so a cancel
+                // or a crash at any point finds it.
+                let new_id = crate::runtime::new_vm_id();
+                self.advance(&id, S::Initializing, S::VmCreated, Some(&new_id), None)
+                    .await?;
+                self.rt
+                    .create_with_id(&new_id, &s.user_id, VmType::Browser)
+                    .await
+                    .map_err(|e| format!("creating the browser VM: {e}"))?;
+                vm_id = Some(new_id);
+            }
             status = S::VmCreated;
         }
         let vm_id = vm_id.ok_or("the session has no browser VM")?;

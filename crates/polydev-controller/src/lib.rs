@@ -13,6 +13,7 @@ pub mod auth_flow;
 pub mod config;
 pub mod error;
 pub mod live;
+pub mod pool;
 pub mod runtime;
 
 use axum::Router;
@@ -132,6 +133,7 @@ pub async fn serve(cfg: Config, auth_cfg: auth_flow::AuthFlowConfig) -> anyhow::
     let auth = auth_flow::AuthFlow::new(rt.clone(), keyring, auth_cfg);
     let resumed = auth.recover().await?;
     tracing::info!(resumed, "sign-in sessions recovered");
+    tokio::spawn(auth.pool().clone().run());
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| anyhow::anyhow!("listening on {listen}: {e}"))?;

@@ -414,6 +414,25 @@ impl Runtime {
         Ok(self.store.get_vm(vm_id).await?.unwrap_or(rec))
     }
 
+    /// Sets a resumed guest's wall clock to the host's: it stood still while
+    /// the VM slept, and TLS and the CLIs' token expiry times need the real
+    /// time. A failure is logged; the VM still runs.
+    async fn set_guest_clock(&self, rec: &VmRecord) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let at = format!("@{}.{:03}", now.as_secs(), now.subsec_millis());
+        let body = serde_json::json!({"argv": ["date", "-u", "-s", at], "timeoutMs": 10000});
+        match self
+            .agent_call(rec, "POST", "/exec", Some(body), Duration::from_secs(15))
+            .await
+        {
+            Ok(v) if v.get("exitCode").and_then(|c| c.as_i64()) == Some(0) => {}
+            Ok(v) => tracing::warn!(vm_id = %rec.vm_id, result = %v, "could not set the resumed guest's clock"),
+            Err(e) => tracing::warn!(vm_id = %rec.vm_id, error = %e, "could not set the resumed guest's clock"),
+        }
+    }
+
     /// Resumes a hibernated VM from its snapshot and waits until its agent
     /// answers again. On failure the VM stays hibernated with its snapshot.
     pub async fn resume(&self, vm_id: &str) -> Result<VmRecord, RuntimeError> {
@@ -457,6 +476,7 @@ impl Runtime {
                 "VM {vm_id} was restored but its agent did not answer: {e}"
             )));
         }
+        self.set_guest_clock(&rec).await;
         self.store
             .mark_vm_running(vm_id, now_ms(), rec.kernel_boot_ms, rec.agent_ready_ms)
             .await?;

@@ -371,6 +371,48 @@ impl Store {
         .await
     }
 
+    /// Gives a hibernated VM of `vm_type` owned by `from` (a pool's reserved
+    /// owner) to `to`: compare-and-set on owner and status, oldest first, so
+    /// two callers never get the same VM. Returns its id, or `None` when
+    /// there is none to take.
+    pub async fn claim_hibernated_vm(
+        &self,
+        from: &str,
+        to: &str,
+        vm_type: VmType,
+    ) -> Result<Option<String>> {
+        for _ in 0..SLOT_ATTEMPTS {
+            let candidate: Option<(String,)> = sqlx::query_as(
+                "SELECT vm_id FROM vms WHERE user_id = $1 AND vm_type = $2 \
+                 AND status = 'hibernated' ORDER BY created_at, vm_id LIMIT 1",
+            )
+            .bind(from)
+            .bind(vm_type.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| self.query_err(format!("find a hibernated VM of {from:?}"), e))?;
+            let Some((vm_id,)) = candidate else {
+                return Ok(None);
+            };
+            let taken = self
+                .exec_cas(
+                    format!("give VM {vm_id:?} to {to:?}"),
+                    sqlx::query(
+                        "UPDATE vms SET user_id = $1 \
+                         WHERE vm_id = $2 AND user_id = $3 AND status = 'hibernated'",
+                    )
+                    .bind(to)
+                    .bind(vm_id.as_str())
+                    .bind(from),
+                )
+                .await?;
+            if taken {
+                return Ok(Some(vm_id));
+            }
+        }
+        Ok(None)
+    }
+
     /// Releases the slot of a failed VM once its resources are reclaimed (the row
     /// and its failure reason stay). Returns whether it applied (false if the VM is
     /// not failed or its slot is already released).

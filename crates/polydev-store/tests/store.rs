@@ -345,6 +345,46 @@ async fn status_compare_and_set(db: &TestDb) {
 }
 
 both!(list_filters);
+
+async fn claim_hibernated(db: &TestDb) {
+    let s = &db.store;
+    for u in ["_pool", "alice", "bob", "carol"] {
+        s.ensure_user(u).await.unwrap();
+    }
+    let browser = |id: &str| {
+        let mut v = new_vm(id, "_pool");
+        v.vm_type = VmType::Browser;
+        v
+    };
+    for id in ["p1", "p2"] {
+        s.insert_vm_allocating_slot(&browser(id), names).await.unwrap();
+        s.set_vm_pid(id, 1, None).await.unwrap();
+        assert!(s.mark_vm_running(id, now_ms(), None, None).await.unwrap());
+    }
+    // Running pooled VMs are not yet ready to be given away.
+    assert_eq!(s.claim_hibernated_vm("_pool", "alice", VmType::Browser).await.unwrap(), None);
+    assert!(s.mark_vm_hibernated("p1").await.unwrap());
+    assert!(s.mark_vm_hibernated("p2").await.unwrap());
+    // Only of the type asked for.
+    assert_eq!(s.claim_hibernated_vm("_pool", "alice", VmType::Cli).await.unwrap(), None);
+    // Concurrent claims never share a VM.
+    let (a, b, c) = tokio::join!(
+        s.claim_hibernated_vm("_pool", "alice", VmType::Browser),
+        s.claim_hibernated_vm("_pool", "bob", VmType::Browser),
+        s.claim_hibernated_vm("_pool", "carol", VmType::Browser),
+    );
+    let mut got: Vec<String> = [a, b, c].into_iter().filter_map(|r| r.unwrap()).collect();
+    got.sort();
+    assert_eq!(got, vec!["p1".to_string(), "p2".to_string()]);
+    let owners: Vec<String> = vec![
+        s.get_vm("p1").await.unwrap().unwrap().user_id,
+        s.get_vm("p2").await.unwrap().unwrap().user_id,
+    ];
+    assert!(owners.iter().all(|o| o != "_pool"), "{owners:?}");
+    assert_ne!(owners[0], owners[1]);
+}
+
+both!(claim_hibernated);
 async fn list_filters(db: &TestDb) {
     let s = &db.store;
     for (id, user) in [

@@ -203,11 +203,25 @@ fn vm_hibernates_and_resumes_without_rebooting() {
         "{b}"
     );
 
+    // The guest's clock stands still while it sleeps; resuming sets it.
+    std::thread::sleep(std::time::Duration::from_secs(20));
     let (st, r) = c.call("POST", &format!("/api/vms/{id}/resume"), None);
     assert_eq!(st, 200, "{r}");
     assert_eq!(r["status"], "running");
     let (code, after) = agent_health(&netns, &token);
     assert_eq!(code, 200, "{after}");
+    let (code, out, err) = common::connect::exec(&netns, &token, &["date", "+%s"], None);
+    assert_eq!(code, 0, "{err}");
+    let guest: i64 = out.trim().parse().unwrap();
+    let host = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    assert!(
+        (guest - host).abs() <= 10,
+        "the resumed guest's clock is {}s off the host's",
+        guest - host
+    );
     let uptime = |body: &str| -> u64 {
         let json = &body[body.find('{').unwrap()..];
         serde_json::from_str::<serde_json::Value>(json).unwrap()["uptimeMs"]

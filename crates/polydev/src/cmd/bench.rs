@@ -35,6 +35,10 @@ pub struct Args {
     /// Provider of the `--connect` sessions.
     #[arg(long, default_value = "codex")]
     provider: String,
+    /// With `--connect`: also time N sessions that take a warm browser VM
+    /// from a pool of one (booted, Chromium up, hibernated), and compare.
+    #[arg(long)]
+    warm: bool,
     /// Seconds a VM may take to become ready.
     #[arg(long, default_value_t = 300)]
     timeout_secs: u64,
@@ -148,7 +152,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         rt.accel().reason
     );
     if let Some(n) = a.connect {
-        return connect_figures(&rt, n.max(1), &a.provider).await;
+        return connect_figures(&rt, n.max(1), &a.provider, a.warm).await;
     }
     println!("VM size: {} vCPU, {} MiB", a.vcpus, a.memory_mb);
     let deadline = Duration::from_secs(a.timeout_secs + 30);
@@ -224,14 +228,10 @@ async fn connect_figures(
     rt: &std::sync::Arc<polydev_controller::runtime::Runtime>,
     n: usize,
     provider: &str,
+    warm: bool,
 ) -> anyhow::Result<()> {
-    use polydev_core::auth::SessionStatus as S;
+    use polydev_controller::auth_flow::{AuthFlow, AuthFlowConfig};
     let provider: polydev_core::auth::Provider = provider.parse()?;
-    let flow = polydev_controller::auth_flow::AuthFlow::new(
-        rt.clone(),
-        polydev_vault::Keyring::new(polydev_vault::MasterKey::generate()),
-        polydev_controller::auth_flow::AuthFlowConfig::default(),
-    );
     let art = rt.artifacts(Some(VmType::Browser))?;
     println!(
         "sign-in sessions ({provider}, {}, {} vCPU / {} MiB):",
@@ -239,8 +239,101 @@ async fn connect_figures(
         rt.config().browser_size.vcpus,
         rt.config().browser_size.memory_mb
     );
-    let (mut created, mut ready, mut url, mut screen) = (vec![], vec![], vec![], vec![]);
+    let keyring = || polydev_vault::Keyring::new(polydev_vault::MasterKey::generate());
+    println!(" cold (each session boots a new browser VM):");
+    let cold_flow = AuthFlow::new(rt.clone(), keyring(), AuthFlowConfig::default());
+    let cold = session_figures(rt, &cold_flow, n, provider, false).await?;
+    cold.print();
+    if !warm {
+        return Ok(());
+    }
+    let warm_flow = AuthFlow::new(
+        rt.clone(),
+        keyring(),
+        AuthFlowConfig {
+            browser_pool: 1,
+            ..AuthFlowConfig::default()
+        },
+    );
+    let filler = tokio::spawn(warm_flow.pool().clone().run());
+    println!(" warm (each session resumes a browser VM from a pool of one; the pool refills while the session runs):");
+    let warm = session_figures(rt, &warm_flow, n, provider, true).await;
+    filler.abort();
+    // The VM the pool made last is of no further use.
+    for v in rt.store().list_vms(Some(polydev_controller::pool::POOL_USER), false).await? {
+        let _ = rt.destroy(&v.vm_id).await;
+    }
+    let warm = warm?;
+    warm.print();
+    let (c, w) = (median(&cold.url), median(&warm.url));
+    if let (Some(c), Some(w)) = (c, w) {
+        println!(
+            "  start → awaiting_user_auth, warm / cold: {:.2} ({w} ms / {c} ms)",
+            w as f64 / c as f64
+        );
+    }
+    let (c, w) = (median(&cold.screen), median(&warm.screen));
+    if let (Some(c), Some(w)) = (c, w) {
+        println!(
+            "  start → URL in Chromium, warm / cold: {:.2} ({w} ms / {c} ms)",
+            w as f64 / c as f64
+        );
+    }
+    Ok(())
+}
+
+fn median(v: &[i64]) -> Option<i64> {
+    let mut v = v.to_vec();
+    v.sort();
+    v.get(v.len() / 2).copied()
+}
+
+/// Milestones of sign-in sessions, in ms from the start call.
+#[derive(Default)]
+struct SessionFigures {
+    created: Vec<i64>,
+    ready: Vec<i64>,
+    url: Vec<i64>,
+    screen: Vec<i64>,
+    warm_wait: Vec<i64>,
+}
+
+impl SessionFigures {
+    fn print(&self) {
+        if !self.warm_wait.is_empty() {
+            stats("pool refill (not timed)", &mut self.warm_wait.clone());
+        }
+        stats("start → vm_created", &mut self.created.clone());
+        stats("start → ready (VNC)", &mut self.ready.clone());
+        stats("start → awaiting_user_auth", &mut self.url.clone());
+        stats("start → URL in Chromium", &mut self.screen.clone());
+    }
+}
+
+/// Runs `n` sessions one after another, each cancelled once its URL is on
+/// the VM's screen. With `warm`, each waits first for a warm VM in the
+/// flow's pool.
+async fn session_figures(
+    rt: &std::sync::Arc<polydev_controller::runtime::Runtime>,
+    flow: &std::sync::Arc<polydev_controller::auth_flow::AuthFlow>,
+    n: usize,
+    provider: polydev_core::auth::Provider,
+    warm: bool,
+) -> anyhow::Result<SessionFigures> {
+    use polydev_core::auth::SessionStatus as S;
+    let mut f = SessionFigures::default();
     for i in 0..n {
+        if warm {
+            let w = Instant::now();
+            while flow.pool().ready().await.map_err(anyhow::Error::msg)? == 0 {
+                anyhow::ensure!(
+                    w.elapsed() < Duration::from_secs(900),
+                    "the pool made no warm VM in 900 s"
+                );
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            f.warm_wait.push(w.elapsed().as_millis() as i64);
+        }
         let t0 = Instant::now();
         let s = flow.start(&format!("bench-{i}"), provider).await?;
         let id = s.session_id.clone();
@@ -266,13 +359,12 @@ async fn connect_figures(
             }
             let at = |st: S| seen.iter().find(|x| x.0 == st).map(|x| x.1);
             if let Some(v) = at(S::VmCreated) {
-                created.push(v);
+                f.created.push(v);
             }
             if let Some(v) = at(S::Ready) {
-                ready.push(v);
+                f.ready.push(v);
             }
-            let u = at(S::AwaitingUserAuth).unwrap_or(0);
-            url.push(u);
+            f.url.push(at(S::AwaitingUserAuth).unwrap_or(0));
             // The URL as a page in Chromium.
             let s = flow.get(&id).await?;
             let host = s
@@ -296,7 +388,7 @@ async fn connect_figures(
                 .await
                 .map_err(|e| anyhow::anyhow!(e))?;
             if r.get("exitCode").and_then(|c| c.as_i64()) == Some(0) {
-                screen.push(t0.elapsed().as_millis() as i64);
+                f.screen.push(t0.elapsed().as_millis() as i64);
             } else {
                 eprintln!("  session {}: Chromium did not show the URL: {r}", i + 1);
             }
@@ -308,13 +400,8 @@ async fn connect_figures(
         eprintln!(
             "  session {}: awaiting_user_auth after {} ms",
             i + 1,
-            url.last().copied().unwrap_or(0)
+            f.url.last().copied().unwrap_or(0)
         );
     }
-    stats("start → vm_created", &mut created);
-    stats("start → ready (VNC)", &mut ready);
-    stats("start → awaiting_user_auth", &mut url);
-    stats("start → URL in Chromium", &mut screen);
-    println!("  (cold: every session boots a new browser VM; no warm pool of snapshots yet)");
-    Ok(())
+    Ok(f)
 }

@@ -49,6 +49,10 @@ pub struct Args {
     /// started (a Node.js CLI under TCG can take minutes).
     #[arg(long, env = "POLYDEV_AUTH_URL_TIMEOUT_SECS", default_value_t = 120)]
     auth_url_timeout_secs: u64,
+    /// Warm browser VMs to keep booted and hibernated, so a sign-in session
+    /// resumes one instead of booting (each costs its memory on disk; 0: off).
+    #[arg(long, env = "POLYDEV_BROWSER_POOL", default_value_t = 0)]
+    browser_pool: usize,
     /// Largest accepted request body in bytes.
     #[arg(long, env = "POLYDEV_MAX_BODY_BYTES", default_value_t = 65536)]
     max_body_bytes: usize,
@@ -81,6 +85,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         rate_limit: a.auth_rate_limit,
         display_timeout: std::time::Duration::from_secs(a.auth_display_timeout_secs.max(1)),
         url_timeout: std::time::Duration::from_secs(a.auth_url_timeout_secs.max(1)),
+        browser_pool: a.browser_pool,
         ..Default::default()
     };
     polydev_controller::serve(cfg, auth).await
