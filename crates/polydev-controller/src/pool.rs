@@ -1,4 +1,4 @@
-//! A warm pool of browser VMs: booted until Chromium answers, then
+//! A warm pool of browser VMs: booted, Chromium started and answering, then
 //! hibernated, so that a sign-in session resumes one (about a second) instead
 //! of booting one (tens of seconds, most of it Chromium starting).
 //!
@@ -28,8 +28,14 @@ const WARM_TIMEOUT: Duration = Duration::from_secs(600);
 /// Pause after a pooled VM failed to warm, before the next try.
 const RETRY_AFTER: Duration = Duration::from_secs(30);
 
-/// In the guest: waits until Chromium's DevTools endpoint answers (it is up
-/// and has a page), then exits 0; 1 after the deadline.
+/// In the guest, as the guest user: starts Chromium on the display the way
+/// the agent opens URLs (`polydev-browser`, so a session's URL later opens as
+/// a tab in it), detached from `/exec`, then runs [`CHROMIUM_READY`].
+const START_CHROMIUM: &str = "setsid -f /usr/local/bin/polydev-browser about:blank \
+    </dev/null >/dev/null 2>&1; exec node -e \"$0\"";
+
+/// Waits until Chromium's DevTools endpoint answers with a page, then exits
+/// 0; 1 after the deadline.
 const CHROMIUM_READY: &str = "const until = Date.now() + 540000; \
 (async function poll() { \
   try { const r = await fetch('http://127.0.0.1:9222/json/list'); \
@@ -203,7 +209,7 @@ impl BrowserPool {
             }
         };
         let body = serde_json::json!({
-            "argv": ["node", "-e", CHROMIUM_READY],
+            "argv": ["sh", "-c", START_CHROMIUM, CHROMIUM_READY],
             "user": "polydev",
             "timeoutMs": WARM_TIMEOUT.as_millis() as u64,
         });
