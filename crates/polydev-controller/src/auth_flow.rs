@@ -308,17 +308,20 @@ impl AuthFlow {
             Instant::now() + Duration::from_millis((s.expires_at - now_ms()).max(0) as u64);
         let mut status = s.status;
         let mut vm_id = s.browser_vm_id.clone();
+        // Held until the URL is shown: the pool refills after that.
+        let mut claimed = None;
         if status == S::Initializing {
             if let Some(warm) = self.pool.claim(&s.user_id).await {
                 // A warm VM from the pool: hibernated, resumed just below.
                 if let Err(e) = self
-                    .advance(&id, S::Initializing, S::VmCreated, Some(&warm), None)
+                    .advance(&id, S::Initializing, S::VmCreated, Some(&warm.vm_id), None)
                     .await
                 {
-                    let _ = self.rt.destroy(&warm).await;
+                    let _ = self.rt.destroy(&warm.vm_id).await;
                     return Err(e);
                 }
-                vm_id = Some(warm);
+                vm_id = Some(warm.vm_id.clone());
+                claimed = Some(warm);
             } else {
                 // The VM's id is recorded before the VM exists, so a cancel
                 // or a crash at any point finds it.
@@ -375,6 +378,13 @@ impl AuthFlow {
             };
             self.advance(&id, S::Ready, S::AwaitingUserAuth, None, Some(&url))
                 .await?;
+        }
+        if let Some(claim) = claimed.take() {
+            // The page is still loading in the VM's Chromium: let it, then refill.
+            tokio::spawn(async move {
+                tokio::time::sleep(crate::pool::REFILL_SETTLE).await;
+                drop(claim);
+            });
         }
         // Awaiting the user: poll the agent until the CLI has written its file.
         loop {

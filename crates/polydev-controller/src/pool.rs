@@ -10,8 +10,11 @@
 //! and they are listed and destroyed like any other VM.
 //!
 //! The pool makes one VM at a time, so filling it never competes with itself
-//! for the host's CPUs.
+//! for the host's CPUs, and it waits to refill until every session that took
+//! a VM has shown its URL and [`REFILL_SETTLE`] has passed (the page loading
+//! in its Chromium): refilling does not slow a sign-in.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,6 +28,9 @@ pub const POOL_USER: &str = "_pool";
 
 /// How long a pooled VM may take to get Chromium answering.
 const WARM_TIMEOUT: Duration = Duration::from_secs(600);
+/// How long after a session that took a VM showed its URL the pool waits
+/// before it refills.
+pub const REFILL_SETTLE: Duration = Duration::from_secs(30);
 /// Pause after a pooled VM failed to warm, before the next try.
 const RETRY_AFTER: Duration = Duration::from_secs(30);
 
@@ -48,6 +54,23 @@ pub struct BrowserPool {
     rt: Arc<Runtime>,
     size: usize,
     wake: Notify,
+    /// Sessions that took a VM and have not yet shown their URL.
+    starting: AtomicUsize,
+}
+
+/// A VM taken from the pool by a session that is still starting; the pool
+/// refills once every such claim is dropped.
+pub struct Claimed {
+    pool: Arc<BrowserPool>,
+    /// The VM (hibernated; resuming it is the session's).
+    pub vm_id: String,
+}
+
+impl Drop for Claimed {
+    fn drop(&mut self) {
+        self.pool.starting.fetch_sub(1, Ordering::SeqCst);
+        self.pool.wake.notify_one();
+    }
 }
 
 impl BrowserPool {
@@ -57,6 +80,7 @@ impl BrowserPool {
             rt,
             size,
             wake: Notify::new(),
+            starting: AtomicUsize::new(0),
         })
     }
 
@@ -65,9 +89,9 @@ impl BrowserPool {
         self.size
     }
 
-    /// Gives a warm VM to `user`: its id (hibernated; resuming it is the
-    /// caller's), or `None` when the pool is off or empty.
-    pub async fn claim(&self, user: &str) -> Option<String> {
+    /// Gives a warm VM to `user`, or `None` when the pool is off or empty.
+    /// Hold the claim until the session shows its URL or ends.
+    pub async fn claim(self: &Arc<Self>, user: &str) -> Option<Claimed> {
         if self.size == 0 {
             return None;
         }
@@ -79,8 +103,11 @@ impl BrowserPool {
         match got {
             Ok(Some(vm_id)) => {
                 tracing::info!(vm_id, user, "warm browser VM taken from the pool");
-                self.wake.notify_one();
-                Some(vm_id)
+                self.starting.fetch_add(1, Ordering::SeqCst);
+                Some(Claimed {
+                    pool: self.clone(),
+                    vm_id,
+                })
             }
             Ok(None) => {
                 tracing::info!(user, "the browser VM pool is empty; booting one");
@@ -155,7 +182,7 @@ impl BrowserPool {
             .iter()
             .filter(|v| v.status == VmStatus::Hibernated)
             .count();
-        if ready >= self.size {
+        if ready >= self.size || self.starting.load(Ordering::SeqCst) > 0 {
             return Ok(false);
         }
         let rec = self

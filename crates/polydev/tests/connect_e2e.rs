@@ -69,8 +69,9 @@ fn approve_in_chromium(ns: &str, token: &str, auth_url: &str) {
     );
 }
 
-/// The code Gemini's paste page shows, read from the VM's Chromium.
-fn pasted_code(ns: &str, token: &str) -> String {
+/// The code a paste page shows (Gemini's `/authcode`, Claude's
+/// `/oauth/code/callback`), read from the VM's Chromium.
+fn pasted_code(ns: &str, token: &str, page: &str) -> String {
     let read = r#"new Promise((ok, fail) => {
         const until = Date.now() + 60000;
         const go = () => {
@@ -83,7 +84,7 @@ fn pasted_code(ns: &str, token: &str) -> String {
     let out = cdp(
         ns,
         token,
-        &["eval", "/authcode", read],
+        &["eval", page, read],
         Duration::from_secs(90),
     );
     serde_json::from_str::<String>(&out).expect("the code as a JSON string")
@@ -93,7 +94,35 @@ struct Connected {
     plaintext: Vec<u8>,
 }
 
-fn connect(c: &Controller, net: &ProviderNet, provider: &str) -> Connected {
+/// How the user finishes signing in.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Finish {
+    /// The provider redirects to the CLI's localhost listener in the VM
+    /// (Codex, Claude Code), or shows a code to paste (Gemini).
+    Usual,
+    /// Claude Code's other way: the link the CLI prints (redirect to the
+    /// provider's code page, same PKCE and state), then `code#state` pasted.
+    ClaudePaste,
+}
+
+/// Claude's printed paste link: its browser link with the provider's code
+/// page as `redirect_uri` (the CLI prints both with one PKCE pair and state).
+fn claude_paste_link(auth_url: &str) -> String {
+    let start = auth_url.find("redirect_uri=").expect("a redirect_uri") + "redirect_uri=".len();
+    let end = auth_url[start..].find('&').map_or(auth_url.len(), |e| start + e);
+    let page = format!("{}/oauth/code/callback", polydev_login::standins::TEST_PROVIDER_URL);
+    let encoded: String = page
+        .chars()
+        .map(|ch| match ch {
+            ':' => "%3A".to_string(),
+            '/' => "%2F".to_string(),
+            c => c.to_string(),
+        })
+        .collect();
+    format!("{}{}{}", &auth_url[..start], encoded, &auth_url[end..])
+}
+
+fn connect(c: &Controller, net: &ProviderNet, provider: &str, finish: Finish) -> Connected {
     let started = Instant::now();
     let (st, v) = c.call(
         "POST",
@@ -115,9 +144,25 @@ fn connect(c: &Controller, net: &ProviderNet, provider: &str) -> Connected {
         "{auth_url}"
     );
     let token = token_of(c, &vm);
-    approve_in_chromium(&ns, &token, &auth_url);
-    if provider == "gemini_cli" {
-        let code = pasted_code(&ns, &token);
+    let paste_page = match (provider, finish) {
+        ("gemini_cli", _) => {
+            approve_in_chromium(&ns, &token, &auth_url);
+            Some("/authcode")
+        }
+        (_, Finish::ClaudePaste) => {
+            approve_in_chromium(&ns, &token, &claude_paste_link(&auth_url));
+            Some("/oauth/code/callback")
+        }
+        _ => {
+            approve_in_chromium(&ns, &token, &auth_url);
+            None
+        }
+    };
+    if let Some(page) = paste_page {
+        let code = pasted_code(&ns, &token, page);
+        if finish == Finish::ClaudePaste {
+            assert!(code.contains('#'), "Claude's paste page shows code#state: {code}");
+        }
         let (st, v) = c.call(
             "POST",
             &format!("/api/auth/session/{sid}/code"),
@@ -173,7 +218,7 @@ fn assert_not_in_database(c: &Controller, secret: &str) {
 }
 
 #[test]
-fn connect_three_providers_end_to_end_with_standins() {
+fn connect_three_providers_end_to_end_with_standins_then_reconnect_claude_by_paste() {
     let image = standin_image();
     let net = ProviderNet::start();
     let c = Controller::start(&[
@@ -183,21 +228,31 @@ fn connect_three_providers_end_to_end_with_standins() {
         ("POLYDEV_AUTH_TIMEOUT_SECS", "1200"),
         ("POLYDEV_AUTH_URL_TIMEOUT_SECS", "600"),
     ]);
+    let claude = "/home/polydev/.claude/.credentials.json";
     let cases = [
-        ("codex", "/home/polydev/.codex/auth.json", "access_token"),
-        (
-            "claude_code",
-            "/home/polydev/.claude/.credentials.json",
-            "accessToken",
-        ),
-        (
-            "gemini_cli",
-            "/home/polydev/.gemini/oauth_creds.json",
-            "access_token",
-        ),
+        ("codex", "/home/polydev/.codex/auth.json", "access_token", Finish::Usual),
+        ("claude_code", claude, "accessToken", Finish::Usual),
+        ("gemini_cli", "/home/polydev/.gemini/oauth_creds.json", "access_token", Finish::Usual),
+        // Reconnecting Claude, by its paste path: the row is replaced.
+        ("claude_code", claude, "accessToken", Finish::ClaudePaste),
     ];
-    for (provider, path, token_field) in cases {
-        let got = connect(&c, &net, provider);
+    let mut first_claude: Option<Vec<u8>> = None;
+    for (provider, path, token_field, finish) in cases {
+        let got = connect(&c, &net, provider, finish);
+        if provider == "claude_code" {
+            match &first_claude {
+                None => first_claude = Some(got.plaintext.clone()),
+                Some(before) => {
+                    assert_ne!(before, &got.plaintext, "the reconnect stored the old credentials");
+                    let rows = tokio::runtime::Runtime::new().unwrap().block_on(async {
+                        let store = polydev_store::Store::sqlite_in(c.data_dir()).await.unwrap();
+                        let all = store.list_credentials(Some(USER)).await.unwrap();
+                        all.iter().filter(|r| r.provider == provider).count()
+                    });
+                    assert_eq!(rows, 1, "one row per user and provider");
+                }
+            }
+        }
         let text = String::from_utf8(got.plaintext.clone()).unwrap();
         let v: Value = serde_json::from_str(&text).expect("credentials are JSON");
         let find = |v: &Value| -> Option<String> {

@@ -256,7 +256,7 @@ async fn connect_figures(
         },
     );
     let filler = tokio::spawn(warm_flow.pool().clone().run());
-    println!(" warm (each session resumes a browser VM from a pool of one; the pool refills while the session runs):");
+    println!(" warm (each session resumes a browser VM from a pool of one, which refills 30 s after the URL is shown):");
     let warm = session_figures(rt, &warm_flow, n, provider, true).await;
     filler.abort();
     // The VM the pool made last is of no further use.
@@ -301,7 +301,7 @@ struct SessionFigures {
 impl SessionFigures {
     fn print(&self) {
         if !self.warm_wait.is_empty() {
-            stats("pool refill (not timed)", &mut self.warm_wait.clone());
+            stats("wait for a warm VM", &mut self.warm_wait.clone());
         }
         stats("start → vm_created", &mut self.created.clone());
         stats("start → ready (VNC)", &mut self.ready.clone());
