@@ -246,11 +246,14 @@ pub async fn start_handler(
         session: session.clone(),
     });
     drop(_starting);
+    if !session.expects_hook() {
+        show_printed_urls(state.urls.clone(), session.clone());
+    }
     match wait_for_url(session.clone(), URL_TIMEOUT).await? {
         Ok(url) => {
-            // A CLI that only prints its URL (Gemini's paste mode) did not
-            // open a browser: put the page on the display for the user.
-            if session.urls().hook.is_empty() {
+            // A CLI expected to open a browser that did not: put the page on
+            // the display for the user.
+            if session.expects_hook() && session.urls().hook.is_empty() {
                 let urls = state.urls.clone();
                 let u = url.clone();
                 match tokio::task::spawn_blocking(move || urls.open(&u, "output")).await {
@@ -283,6 +286,44 @@ pub async fn start_handler(
             ),
         }),
     }
+}
+
+/// Puts each URL a CLI only prints (Gemini's paste mode: the first one, and
+/// the new one it prints when it asks again after a code that failed) on the
+/// display, for as long as the login waits; the controller's `authUrl`
+/// follows the same URL (`GET /credentials/status` reports it).
+fn show_printed_urls(urls: Arc<crate::open_url::UrlState>, session: Arc<LoginSession>) {
+    tokio::spawn(async move {
+        let mut rx = session.subscribe();
+        let mut shown: Option<String> = None;
+        loop {
+            let url = {
+                let status = rx.borrow_and_update();
+                if status.is_final() {
+                    return;
+                }
+                match &*status {
+                    LoginStatus::Waiting {
+                        oauth_url: Some(u),
+                    } => Some(u.clone()),
+                    _ => None,
+                }
+            };
+            if let Some(u) = url.filter(|u| shown.as_ref() != Some(u)) {
+                let urls = urls.clone();
+                let opening = u.clone();
+                match tokio::task::spawn_blocking(move || urls.open(&opening, "output")).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => eprintln!("polydev-agent: opening the login URL: {e}"),
+                    Err(e) => eprintln!("polydev-agent: opening the login URL: {e}"),
+                }
+                shown = Some(u);
+            }
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    });
 }
 
 /// `GET /auth/callback?<query>`.
@@ -341,6 +382,7 @@ pub async fn status_handler(State(state): State<AppState>) -> Json<Value> {
         "state": state_name,
         "sessionId": id,
         "provider": session.provider(),
+        "oauthUrl": session.oauth_url(),
     });
     if let Some(m) = failure_message(&status) {
         body["error"] = Value::String(m);

@@ -310,6 +310,7 @@ impl AuthFlow {
         let mut vm_id = s.browser_vm_id.clone();
         // Held until the URL is shown: the pool refills after that.
         let mut claimed = None;
+        let mut auth_url = s.auth_url.clone();
         if status == S::Initializing {
             if let Some(warm) = self.pool.claim(&s.user_id).await {
                 // A warm VM from the pool: hibernated, resumed just below.
@@ -378,6 +379,7 @@ impl AuthFlow {
             };
             self.advance(&id, S::Ready, S::AwaitingUserAuth, None, Some(&url))
                 .await?;
+            auth_url = Some(url);
         }
         if let Some(claim) = claimed.take() {
             // The page is still loading in the VM's Chromium: let it, then refill.
@@ -410,6 +412,16 @@ impl AuthFlow {
                 .map_err(|e| format!("asking the browser VM for the login status: {e}"))?;
             if st.get("authenticated").and_then(|v| v.as_bool()) == Some(true) {
                 break;
+            }
+            // A CLI that asks again (Gemini, after a code that failed) shows
+            // a new URL; the agent has put it on the VM's screen.
+            if let Some(u) = st.get("oauthUrl").and_then(|v| v.as_str()) {
+                if !u.is_empty() && auth_url.as_deref() != Some(u) {
+                    self.advance(&id, S::AwaitingUserAuth, S::AwaitingUserAuth, None, Some(u))
+                        .await?;
+                    tracing::info!(session_id = %id, "the CLI shows a new authorization URL");
+                    auth_url = Some(u.to_string());
+                }
             }
             if let Some(err) = st.get("error").and_then(|v| v.as_str()) {
                 let output = st.get("output").map(|o| o.to_string()).unwrap_or_default();

@@ -124,7 +124,9 @@ impl LoginStatus {
 pub struct CapturedUrls {
     /// What the CLI handed to `$BROWSER`/`xdg-open`, in order.
     pub hook: Vec<String>,
-    /// The first authorization-shaped URL in the terminal output.
+    /// The latest authorization-shaped URL in the terminal output (a CLI
+    /// that retries, such as Gemini after a code that failed, prints a new
+    /// one).
     pub output: Option<String>,
 }
 
@@ -340,6 +342,12 @@ impl LoginSession {
         })
     }
 
+    /// Whether the CLI hands its URL to `$BROWSER`/`xdg-open` (all but
+    /// Gemini's paste mode, which only prints it).
+    pub fn expects_hook(&self) -> bool {
+        self.expects_hook
+    }
+
     /// The provider.
     pub fn provider(&self) -> Provider {
         self.provider
@@ -553,8 +561,10 @@ fn read_output(provider: Provider, mut master: File, shared: &Mutex<Shared>) {
             let cut = s.transcript.len() - TRANSCRIPT_MAX / 2;
             s.transcript.drain(..cut);
         }
-        if s.urls.output.is_none() {
-            s.urls.output = scan_for_url(provider, &s.transcript);
+        if let Some(url) = scan_for_url(provider, &s.transcript) {
+            if s.urls.output.as_deref() != Some(url.as_str()) {
+                s.urls.output = Some(url);
+            }
         }
     }
     shared
@@ -563,7 +573,7 @@ fn read_output(provider: Provider, mut master: File, shared: &Mutex<Shared>) {
         .output_closed = true;
 }
 
-/// The first authorization-shaped URL in the recent output, considering only
+/// The last authorization-shaped URL in the recent output, considering only
 /// complete lines (a URL at the very end may still be arriving).
 fn scan_for_url(provider: Provider, transcript: &[u8]) -> Option<String> {
     let window = &transcript[transcript.len().saturating_sub(SCAN_WINDOW)..];
@@ -571,6 +581,7 @@ fn scan_for_url(provider: Provider, transcript: &[u8]) -> Option<String> {
     let complete = &text[..text.rfind('\n')?];
     find_urls(complete)
         .into_iter()
+        .rev()
         .find(|u| is_authorize_url(provider, u))
 }
 
@@ -696,5 +707,34 @@ fn failure(provider: Provider, exit: std::process::ExitStatus, output: Vec<Strin
             provider::credential_file(provider)
         ),
         output,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gemini_url(state: &str) -> String {
+        format!(
+            "https://accounts.google.com/o/oauth2/v2/auth?redirect_uri=https%3A%2F%2Fcodeassist.google.com%2Fauthcode&state={state}&response_type=code&client_id=681255809395-x.apps.googleusercontent.com"
+        )
+    }
+
+    #[test]
+    fn the_latest_complete_url_wins() {
+        let first = gemini_url("one");
+        let second = gemini_url("two");
+        let mut t = format!(
+            "Please visit the following URL to authorize the application:\r\n\r\n\x1b[36m{first}\x1b[39m\r\n\r\nEnter the authorization code: "
+        );
+        assert_eq!(scan_for_url(Provider::GeminiCli, t.as_bytes()), Some(first.clone()));
+        // Gemini's retry after a code that failed: a new URL.
+        t.push_str(&format!(
+            "\r\nFailed to authenticate with user code. Retrying...\r\nPlease visit the following URL to authorize the application:\r\n\r\n{second}\r\n"
+        ));
+        assert_eq!(scan_for_url(Provider::GeminiCli, t.as_bytes()), Some(second.clone()));
+        // A URL still arriving (no end of line yet) does not count.
+        t.push_str(&gemini_url("three"));
+        assert_eq!(scan_for_url(Provider::GeminiCli, t.as_bytes()), Some(second));
     }
 }

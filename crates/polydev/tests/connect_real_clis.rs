@@ -66,31 +66,43 @@ fn real_cli_session(c: &Controller, provider: Provider) {
     // What the user's sign-in would cause next; the CLI must then reach its provider.
     match provider {
         Provider::GeminiCli => {
-            // Gemini asks again once after a code that fails (a new URL,
-            // "Retrying..."), then exits 41: paste until the session ends.
-            let mut pasted = 0;
-            loop {
-                let (st, v) = c.call(
+            let token = token_of(c, &vm);
+            // Gemini only prints its URL: the agent put it on the screen.
+            cdp(&ns, &token, &["wait", &state, "300"], Duration::from_secs(400));
+            let paste = || {
+                c.call(
                     "POST",
                     &format!("/api/auth/session/{sid}/code"),
                     Some(&json!({"code": "4/polydev-test-code-no-provider-issued"}).to_string()),
+                )
+            };
+            let (st, v) = paste();
+            assert_eq!(st, 200, "{v}");
+            // The code fails (no provider); Gemini asks once more, with a
+            // new URL, which the session shows and the VM's screen too.
+            let start = Instant::now();
+            let again = loop {
+                let s = common::connect::session(c, &sid);
+                let now = s["authUrl"].as_str().unwrap_or_default().to_string();
+                if now != raw {
+                    break now;
+                }
+                assert_eq!(s["status"], "awaiting_user_auth", "{provider}: {s}");
+                assert!(
+                    start.elapsed() < Duration::from_secs(300),
+                    "{provider}: no new URL after a failed code: {s}"
                 );
-                if st != 200 {
-                    assert!(pasted > 0, "{provider}: the first code was refused: {st} {v}");
-                    break;
-                }
-                pasted += 1;
-                assert!(pasted <= 4, "{provider}: still asking for a code after {pasted} pastes");
-                let until = Instant::now() + Duration::from_secs(45);
-                while Instant::now() < until
-                    && common::connect::session(c, &sid)["status"] == "awaiting_user_auth"
-                {
-                    std::thread::sleep(Duration::from_millis(500));
-                }
-                if common::connect::session(c, &sid)["status"] != "awaiting_user_auth" {
-                    break;
-                }
-            }
+                std::thread::sleep(Duration::from_millis(500));
+            };
+            assert!(
+                polydev_login::url::is_authorize_url(provider, &again),
+                "{provider}: {again}"
+            );
+            let state2 = Url::parse(&again).unwrap().param("state").unwrap().to_string();
+            assert_ne!(state2, state, "{provider}: the retry has a new state");
+            cdp(&ns, &token, &["wait", &state2, "300"], Duration::from_secs(400));
+            let (st, v) = paste();
+            assert_eq!(st, 200, "{v}");
         }
         _ => {
             let token = token_of(c, &vm);
