@@ -36,17 +36,19 @@ const RETRY_AFTER: Duration = Duration::from_secs(30);
 
 /// In the guest, as the guest user: starts Chromium on the display the way
 /// the agent opens URLs (`polydev-browser`, so a session's URL later opens as
-/// a tab in it), detached from `/exec`, then runs [`CHROMIUM_READY`].
-const START_CHROMIUM: &str = "setsid -f /usr/local/bin/polydev-browser about:blank \
-    </dev/null >/dev/null 2>&1; exec node -e \"$0\"";
-
-/// Waits until Chromium's DevTools endpoint answers with a page, then exits
-/// 0; 1 after the deadline.
-const CHROMIUM_READY: &str = "const until = Date.now() + 540000; \
+/// a tab in it), detached from `/exec`, once the X display's socket exists,
+/// and again every 2 minutes while it does not answer (a Chromium started
+/// too early dies); exits 0 once its DevTools endpoint lists a page, 1 after
+/// the deadline.
+const CHROMIUM_READY: &str = "const fs = require('fs'); const { spawn } = require('child_process'); \
+const until = Date.now() + 540000; let next = 0; \
+const launch = () => { spawn('/usr/local/bin/polydev-browser', ['about:blank'], \
+  { detached: true, stdio: 'ignore' }).unref(); next = Date.now() + 120000; }; \
 (async function poll() { \
   try { const r = await fetch('http://127.0.0.1:9222/json/list'); \
         if (r.ok && (await r.json()).some((t) => t.type === 'page')) process.exit(0); } catch (_) {} \
   if (Date.now() > until) process.exit(1); \
+  if (Date.now() > next && fs.existsSync('/tmp/.X11-unix/X1')) launch(); \
   setTimeout(poll, 500); })();";
 
 /// The warm pool.
@@ -236,7 +238,7 @@ impl BrowserPool {
             }
         };
         let body = serde_json::json!({
-            "argv": ["sh", "-c", START_CHROMIUM, CHROMIUM_READY],
+            "argv": ["node", "-e", CHROMIUM_READY],
             "user": "polydev",
             "timeoutMs": WARM_TIMEOUT.as_millis() as u64,
         });

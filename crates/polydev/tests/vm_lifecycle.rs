@@ -210,18 +210,7 @@ fn vm_hibernates_and_resumes_without_rebooting() {
     assert_eq!(r["status"], "running");
     let (code, after) = agent_health(&netns, &token);
     assert_eq!(code, 200, "{after}");
-    let (code, out, err) = common::connect::exec(&netns, &token, &["date", "+%s"], None);
-    assert_eq!(code, 0, "{err}");
-    let guest: i64 = out.trim().parse().unwrap();
-    let host = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
-    assert!(
-        (guest - host).abs() <= 10,
-        "the resumed guest's clock is {}s off the host's",
-        guest - host
-    );
+    common::connect::assert_guest_clock_near_host(&netns, &token, 10);
     let uptime = |body: &str| -> u64 {
         let json = &body[body.find('{').unwrap()..];
         serde_json::from_str::<serde_json::Value>(json).unwrap()["uptimeMs"]

@@ -6,7 +6,7 @@
 //! the reserved owner cannot be used by clients.
 
 mod common;
-use common::connect::{exec, wait_browser_vm_gone, wait_status};
+use common::connect::{assert_guest_clock_near_host, wait_browser_vm_gone, wait_status};
 use common::{token_of, Controller};
 use serde_json::Value;
 use std::time::{Duration, Instant};
@@ -84,14 +84,7 @@ fn sessions_take_a_warm_vm_from_the_pool() {
     assert_eq!(console.matches("Linux version").count(), 1, "the kernel booted twice");
     // The clock was set on resume.
     let token = token_of(&c, &warm_id);
-    let (code, out, err) = exec(&ns, &token, &["date", "+%s"], None);
-    assert_eq!(code, 0, "{err}");
-    let guest: i64 = out.trim().parse().unwrap();
-    let host = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
-    assert!((guest - host).abs() <= 10, "guest clock {}s off", guest - host);
+    assert_guest_clock_near_host(&ns, &token, 10);
 
     // The pool makes a new VM for the next session.
     wait_pooled(&c, "a new VM", |v| {

@@ -121,3 +121,19 @@ pub fn wait_browser_vm_gone(c: &Controller, vm: &str, ns: &str) {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// Asserts that the guest's wall clock is within `slack_s` seconds of the host's.
+pub fn assert_guest_clock_near_host(ns: &str, token: &str, slack_s: i64) {
+    let (code, out, err) = exec(ns, token, &["date", "+%s"], None);
+    assert_eq!(code, 0, "{err}");
+    let guest: i64 = out.trim().parse().unwrap();
+    let host = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    assert!(
+        (guest - host).abs() <= slack_s,
+        "the guest's clock is {}s off the host's",
+        guest - host
+    );
+}
