@@ -15,7 +15,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PACKAGES=(
-  qemu-system-x86 mmdebstrap debian-archive-keyring e2fsprogs iproute2
+  qemu-system-x86 mmdebstrap debian-archive-keyring e2fsprogs iproute2 nftables
   linux-source-6.1 build-essential bc bison flex libelf-dev libssl-dev cpio xz-utils kmod
   postgresql ca-certificates
   # The screen streamer (VP8, linked statically) and its tests' X server.

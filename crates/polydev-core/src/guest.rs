@@ -13,6 +13,9 @@ pub const GUEST_ADDR: &str = "169.254.0.22";
 pub const LINK_PREFIX: u8 = 30;
 /// Netmask matching [`LINK_PREFIX`], as the kernel's `ip=` parameter wants it.
 pub const LINK_NETMASK: &str = "255.255.255.252";
+/// MAC address of the host end of the TAP (the guest's gateway), fixed so a
+/// guest restored from a snapshot keeps its ARP entry.
+pub const TAP_MAC: &str = "06:00:a9:fe:00:15";
 /// MAC address of the guest's network interface.
 pub const GUEST_MAC: &str = "06:00:a9:fe:00:16";
 /// TCP port the agent listens on inside the guest.
@@ -44,10 +47,17 @@ pub const READY_MARKER: &str = "POLYDEV-AGENT-READY";
 /// Marker the guest init writes on the console when it starts (before systemd).
 pub const INIT_MARKER: &str = "POLYDEV-INIT";
 
-/// The kernel `ip=` argument that fixes the guest's address (no DHCP).
+/// The kernel `ip=` argument that fixes the guest's address (no DHCP) and
+/// names its DNS server: the gateway, where the controller's forwarder
+/// answers (the guest's `/etc/resolv.conf` links `/proc/net/pnp`).
 pub fn kernel_ip_arg() -> String {
-    format!("ip={GUEST_ADDR}::{HOST_ADDR}:{LINK_NETMASK}::eth0:off")
+    format!("ip={GUEST_ADDR}::{HOST_ADDR}:{LINK_NETMASK}::eth0:off:{HOST_ADDR}")
 }
+
+/// Port of the controller's egress gate inside each VM's namespace: guest
+/// TCP that policy sends through the controller (SNI/Host checks, per-user
+/// proxies) is redirected there.
+pub const GATE_PORT: u16 = 15001;
 
 /// The per-VM configuration the agent reads at start-up from the state disk.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
@@ -128,7 +138,7 @@ mod tests {
     fn ip_arg_has_no_dhcp() {
         assert_eq!(
             kernel_ip_arg(),
-            "ip=169.254.0.22::169.254.0.21:255.255.255.252::eth0:off"
+            "ip=169.254.0.22::169.254.0.21:255.255.255.252::eth0:off:169.254.0.21"
         );
     }
 }

@@ -11,6 +11,7 @@
 
 pub mod netns;
 pub mod tap;
+pub mod veth;
 
 mod cmd;
 
@@ -45,7 +46,7 @@ pub type Result<T> = std::result::Result<T, NetError>;
 /// name), brings up loopback, creates the TAP with `IFF_VNET_HDR` and gives it
 /// the host side address of the guest link.
 pub fn setup_vm_network(ns: &str) -> Result<()> {
-    use polydev_core::guest::{HOST_ADDR, LINK_PREFIX, TAP_NAME};
+    use polydev_core::guest::{HOST_ADDR, LINK_PREFIX, TAP_MAC, TAP_NAME};
     if netns::exists(ns) {
         tracing::warn!(netns = ns, "replacing stale network namespace");
         netns::delete(ns)?;
@@ -54,6 +55,9 @@ pub fn setup_vm_network(ns: &str) -> Result<()> {
     let r = (|| {
         cmd::ip(&["-n", ns, "link", "set", "lo", "up"])?;
         tap::create_persistent(ns, TAP_NAME)?;
+        // A fixed MAC: a guest restored from a snapshot keeps its ARP entry
+        // for the gateway.
+        cmd::ip(&["-n", ns, "link", "set", TAP_NAME, "address", TAP_MAC])?;
         cmd::ip(&[
             "-n",
             ns,
