@@ -27,6 +27,14 @@ pub fn routes(state: AppState) -> Router<AppState> {
         )
         .route("/api/vms/{id}/hibernate", axum::routing::post(hibernate))
         .route("/api/vms/{id}/resume", axum::routing::post(resume))
+        .route(
+            "/api/vms/{id}/egress",
+            get(crate::egress::get_vm_egress).put(crate::egress::put_vm_egress),
+        )
+        .route(
+            "/api/users/{user}/egress",
+            get(crate::egress::get_user_egress).put(crate::egress::put_user_egress),
+        )
         .route_layer(axum::middleware::from_fn_with_state(
             state,
             crate::auth::require_api_key,
@@ -48,6 +56,15 @@ pub async fn health(State(s): State<AppState>) -> Json<serde_json::Value> {
             "description": rt.vmm().describe(),
         },
         "store": rt.store().kind().to_string(),
+        "egress": match rt.egress() {
+            Some(h) => serde_json::json!({
+                "table": h.egress.config().table(),
+                "uplink": h.egress.config().uplink,
+                "subnet": h.egress.config().subnet.to_string(),
+                "dnsUpstream": h.egress.upstreams().addrs,
+            }),
+            None => serde_json::Value::Null,
+        },
         "artifacts": match artifacts {
             Ok(a) => serde_json::json!({"ready": true, "kernel": a.kernel, "rootfs": a.rootfs}),
             Err(e) => serde_json::json!({"ready": false, "problem": e.to_string()}),
@@ -90,7 +107,10 @@ pub fn validate_user_id(u: &str) -> Result<(), ApiError> {
 /// A user id to list VMs of: like [`validate_user_id`], but the reserved
 /// owners (`_pool`, the warm pool's) may be listed.
 fn validate_listed_user_id(u: &str) -> Result<(), ApiError> {
+    // `.` and `..` would name a directory's self or parent in paths built from ids.
     let ok = !u.is_empty()
+        && u != "."
+        && u != ".."
         && u.len() <= 128
         && u.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'@' | b'-'));
@@ -105,7 +125,7 @@ fn invalid_user_id() -> ApiError {
     ApiError::new(
         StatusCode::UNPROCESSABLE_ENTITY,
         "invalid_user_id",
-        "userId must be 1-128 characters of letters, digits, '.', '_', '@' or '-', and not start with '_' (reserved)",
+        "userId must be 1-128 characters of letters, digits, '.', '_', '@' or '-', not start with '_' (reserved), and not be '.' or '..'",
     )
 }
 

@@ -312,6 +312,13 @@ impl AuthFlow {
         let mut claimed = None;
         let mut auth_url = s.auth_url.clone();
         if status == S::Initializing {
+            // A user whose traffic goes through a proxy that does not answer
+            // cannot sign in: say so now, naming the proxy.
+            if let Some(h) = self.rt.egress() {
+                if let Some(p) = h.identity(&s.user_id).await?.proxy {
+                    h.egress.check_proxy(&p, None).await?;
+                }
+            }
             if let Some(warm) = self.pool.claim(&s.user_id).await {
                 // A warm VM from the pool: hibernated, resumed just below.
                 if let Err(e) = self
@@ -425,7 +432,11 @@ impl AuthFlow {
             }
             if let Some(err) = st.get("error").and_then(|v| v.as_str()) {
                 let output = st.get("output").map(|o| o.to_string()).unwrap_or_default();
-                return Err(login_failure(s.provider, err, &output));
+                let mut msg = login_failure(s.provider, err, &output);
+                if let Some(e) = self.rt.egress().and_then(|h| h.egress.last_error(&vm_id)) {
+                    msg.push_str(&format!(" (the VM's egress: {e})"));
+                }
+                return Err(msg);
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
         }

@@ -54,6 +54,8 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// The live view (noVNC, WebRTC): see [`LiveConfig`].
     pub live: LiveConfig,
+    /// Egress: uplink, DNS, default policies, source pool.
+    pub egress: crate::egress::EgressSettings,
 }
 
 impl Config {
@@ -83,6 +85,7 @@ impl Config {
             extra_kernel_args: Vec::new(),
             max_body_bytes: 64 * 1024,
             live: LiveConfig::default(),
+            egress: crate::egress::EgressSettings::default(),
         }
     }
 

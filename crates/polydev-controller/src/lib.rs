@@ -11,6 +11,7 @@ pub mod artifacts;
 pub mod auth;
 pub mod auth_flow;
 pub mod config;
+pub mod egress;
 pub mod error;
 pub mod live;
 pub mod pool;
@@ -125,11 +126,20 @@ pub fn app(state: AppState) -> Router {
 pub async fn serve(cfg: Config, auth_cfg: auth_flow::AuthFlowConfig) -> anyhow::Result<()> {
     let listen = cfg.listen;
     let rt = build_runtime(cfg).await?;
+    let keyring = load_keyring(rt.config())?;
+    tracing::info!(key_id = keyring.current_id(), "credential vault ready");
+    let hub = egress::EgressHub::start(
+        &rt.config().egress,
+        &rt.config().host_tag(),
+        rt.store().clone(),
+        keyring.clone(),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("starting VM egress: {e}"))?;
+    rt.set_egress(hub);
     let report = rt.reconcile().await?;
     tracing::info!(?report, "start-up reconciliation done");
     tokio::spawn(rt.clone().watch(std::time::Duration::from_secs(2)));
-    let keyring = load_keyring(rt.config())?;
-    tracing::info!(key_id = keyring.current_id(), "credential vault ready");
     let auth = auth_flow::AuthFlow::new(rt.clone(), keyring, auth_cfg);
     let resumed = auth.recover().await?;
     tracing::info!(resumed, "sign-in sessions recovered");

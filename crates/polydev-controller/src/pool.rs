@@ -105,6 +105,9 @@ impl BrowserPool {
         match got {
             Ok(Some(vm_id)) => {
                 tracing::info!(vm_id, user, "warm browser VM taken from the pool");
+                if let Err(e) = self.rt.refresh_egress_identity(&vm_id, user).await {
+                    tracing::error!(vm_id, user, error = %e, "giving a warm VM its user's egress identity");
+                }
                 self.starting.fetch_add(1, Ordering::SeqCst);
                 Some(Claimed {
                     pool: self.clone(),

@@ -71,6 +71,7 @@ pub struct Runtime {
     vmm_reason: String,
     procs: Mutex<HashMap<String, VmmProcess>>,
     op_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    egress: std::sync::OnceLock<Arc<crate::egress::EgressHub>>,
 }
 
 impl Runtime {
@@ -90,6 +91,7 @@ impl Runtime {
             vmm_reason,
             procs: Mutex::new(HashMap::new()),
             op_locks: Mutex::new(HashMap::new()),
+            egress: std::sync::OnceLock::new(),
         })
     }
 
@@ -112,6 +114,108 @@ impl Runtime {
     /// The acceleration choice and its reason.
     pub fn accel(&self) -> &AccelChoice {
         &self.accel
+    }
+
+    /// Turns on egress for the VMs this runtime boots from now on (and
+    /// those [`Runtime::reconcile`] finds). Without it VMs have no way out.
+    pub fn set_egress(&self, hub: Arc<crate::egress::EgressHub>) {
+        let _ = self.egress.set(hub);
+    }
+
+    /// Egress, when on.
+    pub fn egress(&self) -> Option<&Arc<crate::egress::EgressHub>> {
+        self.egress.get()
+    }
+
+    /// A VM's egress policy: the stored one, else its type's default.
+    pub async fn vm_policy(
+        &self,
+        rec: &VmRecord,
+    ) -> Result<polydev_egress::policy::Policy, String> {
+        match self
+            .store
+            .get_vm_egress(&rec.vm_id)
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            Some(json) => serde_json::from_str(&json)
+                .map_err(|e| format!("the stored egress policy of {} is unreadable: {e}", rec.vm_id)),
+            None => Ok(self.cfg.egress.policy_for(rec.vm_type).clone()),
+        }
+    }
+
+    /// Stores a VM's policy and applies it at once when its egress is up.
+    pub async fn set_vm_policy(
+        &self,
+        rec: &VmRecord,
+        policy: &polydev_egress::policy::Policy,
+    ) -> Result<(), String> {
+        let json = serde_json::to_string(policy).expect("serialisable");
+        self.store
+            .set_vm_egress(&rec.vm_id, &json)
+            .await
+            .map_err(|e| e.to_string())?;
+        if let Some(h) = self.egress() {
+            if h.egress.is_attached(&rec.vm_id) {
+                h.egress
+                    .set_policy(&rec.vm_id, policy)
+                    .await
+                    .map_err(|e| format!("applying the egress policy of {}: {e}", rec.vm_id))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Gives a VM whose namespace exists its egress (link, firewall, DNS,
+    /// gate), with its policy and its owner's identity; records the time.
+    async fn attach_egress(&self, rec: &VmRecord) -> Result<(), String> {
+        let Some(h) = self.egress() else {
+            return Ok(());
+        };
+        let policy = self.vm_policy(rec).await?;
+        let identity = h.identity(&rec.user_id).await?;
+        let net = polydev_egress::VmNet {
+            vm_id: rec.vm_id.clone(),
+            netns: rec.netns.clone(),
+            slot: rec.slot,
+        };
+        let took = h
+            .egress
+            .attach(&net, &policy, identity)
+            .await
+            .map_err(|e| format!("setting up egress: {e}"))?;
+        let _ = self
+            .store
+            .set_vm_egress_setup_ms(&rec.vm_id, took.as_millis() as i64)
+            .await;
+        Ok(())
+    }
+
+    /// Gives an attached VM its (new) owner's identity: a warm VM claimed
+    /// by a user.
+    pub async fn refresh_egress_identity(&self, vm_id: &str, user_id: &str) -> Result<(), String> {
+        let Some(h) = self.egress() else {
+            return Ok(());
+        };
+        if !h.egress.is_attached(vm_id) {
+            return Ok(());
+        }
+        let identity = h.identity(user_id).await?;
+        h.egress
+            .set_identity(vm_id, identity)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// Stops a VM's egress and removes its link and source element.
+    async fn detach_egress(&self, rec: &VmRecord) -> Result<(), String> {
+        let Some(h) = self.egress() else {
+            return Ok(());
+        };
+        h.egress
+            .detach(&rec.vm_id, rec.slot)
+            .await
+            .map_err(|e| format!("removing egress: {e}"))
     }
 
     /// Finds the kernel and golden image for a VM type (any type when
@@ -199,6 +303,8 @@ impl Runtime {
                 },
             )
             .await?;
+        let policy = serde_json::to_string(self.cfg.egress.policy_for(vm_type)).expect("serialisable");
+        self.store.set_vm_egress(&rec.vm_id, &policy).await?;
         tracing::info!(vm_id = %rec.vm_id, user_id, vm_type = %vm_type, slot = rec.slot, netns = %rec.netns, image = %artifacts.image_note, "creating VM");
         let rt = self.clone();
         let r = rec.clone();
@@ -218,9 +324,24 @@ impl Runtime {
         let prepared = {
             let rt = self.clone();
             let rec = rec.clone();
-            tokio::task::spawn_blocking(move || rt.prepare_and_start(&rec, &artifacts))
+            tokio::task::spawn_blocking(move || rt.prepare(&rec, &artifacts))
                 .await
                 .unwrap_or_else(|e| Err(format!("VM start task failed: {e}")))
+        };
+        let prepared = match prepared {
+            Ok(spec) => match self.attach_egress(&rec).await {
+                Ok(()) => {
+                    let vmm = self.vmm.clone();
+                    tokio::task::spawn_blocking(move || {
+                        vmm.start(&spec)
+                            .map_err(|e| format!("starting the VMM: {e}"))
+                    })
+                    .await
+                    .unwrap_or_else(|e| Err(format!("VM start task failed: {e}")))
+                }
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e),
         };
         let proc_ = match prepared {
             Ok(p) => p,
@@ -254,12 +375,9 @@ impl Runtime {
         self.await_ready(rec, deadline).await;
     }
 
-    /// Makes the VM's directory, state disk and network, then starts the VMM.
-    fn prepare_and_start(
-        &self,
-        rec: &VmRecord,
-        artifacts: &Artifacts,
-    ) -> Result<VmmProcess, String> {
+    /// Makes the VM's directory, state disk and network namespace; returns
+    /// the spec the VMM starts from.
+    fn prepare(&self, rec: &VmRecord, artifacts: &Artifacts) -> Result<VmSpec, String> {
         let dir = PathBuf::from(&rec.dir);
         std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
         let agent = AgentConfig {
@@ -296,9 +414,7 @@ impl Runtime {
         .map_err(|e| format!("writing the VM spec: {e}"))?;
         let spec = self.spec_of(rec)?;
         debug_assert_eq!(spec.state_disk, state);
-        self.vmm
-            .start(&spec)
-            .map_err(|e| format!("starting the VMM: {e}"))
+        Ok(spec)
     }
 
     /// The VMM spec of a recorded VM, from its record and its `spec.json`.
@@ -441,12 +557,30 @@ impl Runtime {
         let (rec, spec) = self.vm_in(vm_id, VmStatus::Hibernated, "resume").await?;
         let vmm = self.vmm.clone();
         let started = Instant::now();
+        let remade = {
+            let ns = spec.netns.clone();
+            tokio::task::spawn_blocking(move || -> Result<bool, String> {
+                if polydev_net::netns::exists(&ns) {
+                    return Ok(false);
+                }
+                polydev_net::setup_vm_network(&ns).map_err(|e| e.to_string())?;
+                Ok(true)
+            })
+            .await
+            .map_err(|e| RuntimeError::Vmm(e.to_string()))?
+            .map_err(|e| RuntimeError::Vmm(format!("restore of {vm_id} failed: {e}")))?
+        };
+        if let Some(h) = self.egress() {
+            if remade || !h.egress.is_attached(vm_id) {
+                let _ = self.detach_egress(&rec).await;
+                self.attach_egress(&rec)
+                    .await
+                    .map_err(|e| RuntimeError::Vmm(format!("restore of {vm_id} failed: {e}")))?;
+            }
+        }
         let proc_ = tokio::task::spawn_blocking(move || -> Result<VmmProcess, String> {
             let meta = polydev_vmm::snapshot::SnapshotMeta::load(&spec.dir.join(SNAPSHOT_DIR))
                 .map_err(|e| e.to_string())?;
-            if !polydev_net::netns::exists(&spec.netns) {
-                polydev_net::setup_vm_network(&spec.netns).map_err(|e| e.to_string())?;
-            }
             vmm.restore(&spec, &meta).map_err(|e| e.to_string())
         })
         .await
@@ -691,6 +825,18 @@ impl Runtime {
         let netns = rec.netns.clone();
         let marker = rec.dir.clone();
         let spec = self.spec_of(rec).ok();
+        let slot_held = !self
+            .store
+            .get_vm(&rec.vm_id)
+            .await
+            .ok()
+            .flatten()
+            .map(|r| r.slot_released)
+            .unwrap_or(rec.slot_released);
+        if slot_held {
+            // Before the namespace goes: the DNS and gate sockets hold it.
+            self.detach_egress(rec).await?;
+        }
         let vmm = self.vmm.clone();
         tokio::task::spawn_blocking(move || -> Result<(), String> {
             if let Some(pid) = pid {
@@ -777,6 +923,7 @@ impl Runtime {
             return;
         }
         let _ = self.store.mark_vm_destroyed(&rec.vm_id).await;
+        let _ = self.store.delete_vm_egress(&rec.vm_id).await;
         tracing::info!(vm_id = %rec.vm_id, "VM destroyed");
     }
 
@@ -845,7 +992,35 @@ impl Runtime {
                 VmStatus::Hibernated | VmStatus::Destroyed => {}
             }
         }
+        // Egress for every VM that still holds its namespace: the DNS and
+        // gate sockets died with the previous controller.
+        if self.egress().is_some() {
+            for rec in self.store.list_live_vms().await? {
+                let holds = !rec.slot_released
+                    && matches!(
+                        rec.status,
+                        VmStatus::Creating | VmStatus::Running | VmStatus::Hibernated
+                    )
+                    && polydev_net::netns::exists(&rec.netns);
+                if holds {
+                    if let Err(e) = self.attach_egress(&rec).await {
+                        tracing::error!(vm_id = %rec.vm_id, error = %e, "re-attaching egress");
+                    }
+                }
+            }
+        }
         report.orphans = self.sweep_orphans().await?;
+        if let Some(h) = self.egress() {
+            let owned: Vec<i64> = self
+                .store
+                .list_live_vms()
+                .await?
+                .iter()
+                .filter(|r| !r.slot_released)
+                .map(|r| r.slot)
+                .collect();
+            report.orphans.extend(h.egress.sweep(&owned).await);
+        }
         Ok(report)
     }
 

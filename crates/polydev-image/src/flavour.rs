@@ -140,7 +140,15 @@ impl Flavour {
     /// Packages installed on top of mmdebstrap's `minbase` variant.
     pub fn packages(self) -> Vec<&'static str> {
         match self {
-            Flavour::Minimal => vec!["systemd", "systemd-sysv", "iproute2", "procps"],
+            // curl and ping: the network checks of the egress tests.
+            Flavour::Minimal => vec![
+                "systemd",
+                "systemd-sysv",
+                "iproute2",
+                "procps",
+                "curl",
+                "iputils-ping",
+            ],
             Flavour::Browser => [
                 BASE,
                 &[

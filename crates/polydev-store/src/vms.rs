@@ -72,6 +72,8 @@ pub struct VmRecord {
     pub kernel_boot_ms: Option<i64>,
     /// Milliseconds from VMM start to the agent announcing readiness, if measured.
     pub agent_ready_ms: Option<i64>,
+    /// Milliseconds egress (link, firewall, DNS, gate) took to set up.
+    pub egress_setup_ms: Option<i64>,
     /// When the row was written (Unix ms).
     pub created_at: i64,
     /// When it last became running (Unix ms).
@@ -100,6 +102,7 @@ impl FromRow<'_, AnyRow> for VmRecord {
             failure_reason: row.try_get("failure_reason")?,
             kernel_boot_ms: row.try_get("kernel_boot_ms")?,
             agent_ready_ms: row.try_get("agent_ready_ms")?,
+            egress_setup_ms: row.try_get("egress_setup_ms")?,
             created_at: row.try_get("created_at")?,
             ready_at: row.try_get("ready_at")?,
             destroyed_at: row.try_get("destroyed_at")?,
@@ -109,7 +112,7 @@ impl FromRow<'_, AnyRow> for VmRecord {
 
 const COLUMNS: &str = "vm_id, user_id, vm_type, status, slot, slot_released, netns, tap_device, \
     vcpu_count, memory_mb, vmm, vmm_pid, socket_path, dir, failure_reason, kernel_boot_ms, \
-    agent_ready_ms, created_at, ready_at, destroyed_at";
+    agent_ready_ms, egress_setup_ms, created_at, ready_at, destroyed_at";
 
 /// The lowest slot ≥ 0 not held by a VM whose slot is unreleased.
 const LOWEST_FREE_SLOT: &str = "SELECT COALESCE(MIN(c.slot), 0) AS slot FROM ( \
@@ -178,6 +181,7 @@ impl Store {
                 failure_reason: None,
                 kernel_boot_ms: None,
                 agent_ready_ms: None,
+                egress_setup_ms: None,
                 created_at: now_ms(),
                 ready_at: None,
                 destroyed_at: None,

@@ -80,6 +80,8 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         .collect();
     cfg.max_body_bytes = a.max_body_bytes;
     cfg.live = polydev_controller::config::LiveConfig::from_env().map_err(anyhow::Error::msg)?;
+    cfg.egress =
+        polydev_controller::egress::EgressSettings::from_env().map_err(anyhow::Error::msg)?;
     let auth = polydev_controller::auth_flow::AuthFlowConfig {
         user_timeout: std::time::Duration::from_secs(a.auth_timeout_secs.max(1)),
         rate_limit: a.auth_rate_limit,
