@@ -9,12 +9,15 @@
 
 use crate::Provider;
 
-/// Address of the test "provider" network, as the guest sees it.
-pub const TEST_PROVIDER_ADDR: &str = "10.253.0.2";
+/// Name of the test "provider", which the tests' DNS server answers and
+/// guests reach through egress.
+pub const TEST_PROVIDER_HOST: &str = "auth.provider.test";
+/// Its address in the tests' "internet" (a documentation range).
+pub const TEST_PROVIDER_IP: &str = "203.0.113.40";
 /// Port the OAuth stand-in listens on there.
 pub const TEST_PROVIDER_PORT: u16 = 8080;
 /// The OAuth stand-in's base URL baked into the stand-in image.
-pub const TEST_PROVIDER_URL: &str = "http://10.253.0.2:8080";
+pub const TEST_PROVIDER_URL: &str = "http://auth.provider.test:8080";
 /// Where the stand-in scripts live in a test image.
 pub const SCRIPT_DIR: &str = "/usr/local/lib/polydev-standins";
 /// Where the commands that run them live (first on the guest's `PATH`).
@@ -69,7 +72,7 @@ mod tests {
         assert!(w.contains(TEST_PROVIDER_URL));
         assert_eq!(
             TEST_PROVIDER_URL,
-            format!("http://{TEST_PROVIDER_ADDR}:{TEST_PROVIDER_PORT}")
+            format!("http://{TEST_PROVIDER_HOST}:{TEST_PROVIDER_PORT}")
         );
         assert_eq!(image_files().len(), 6);
         assert!(script(Provider::GeminiCli).contains("STAND-IN"));

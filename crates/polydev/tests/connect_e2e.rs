@@ -2,8 +2,11 @@
 //! internet would be: the browser VM boots the stand-in test image
 //! (`polydev image standins`: the browser image whose `claude`, `codex` and
 //! `gemini` are stand-ins that behave like the real CLIs' logins), and the
-//! OAuth 2.0 stand-in runs in a network namespace this test creates, linked
-//! to each browser VM's namespace (`common::provider`).
+//! OAuth 2.0 stand-in runs at `auth.provider.test` in the test's own
+//! "internet" (`common::internet`: a namespace behind a veth that is the
+//! controller's egress uplink, with a DNS server for the name). The browser
+//! VM reaches it the way it reaches a real provider: the controller's DNS
+//! forwarder, the VM's link and the host firewall.
 //!
 //! For each provider the test drives the VM's Chromium through the agent
 //! (`polydev-cdp` over `/exec`, the DevTools protocol on the guest's
@@ -19,7 +22,7 @@
 
 mod common;
 use common::connect::{browser_vm, cdp, exec, wait_browser_vm_gone, wait_status};
-use common::provider::ProviderNet;
+use common::internet::TestInternet;
 use common::{token_of, Controller};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
@@ -64,7 +67,7 @@ fn approve_in_chromium(ns: &str, token: &str, auth_url: &str) {
     cdp(
         ns,
         token,
-        &["eval", polydev_login::standins::TEST_PROVIDER_ADDR, approve],
+        &["eval", polydev_login::standins::TEST_PROVIDER_HOST, approve],
         Duration::from_secs(60),
     );
 }
@@ -122,7 +125,7 @@ fn claude_paste_link(auth_url: &str) -> String {
     format!("{}{}{}", &auth_url[..start], encoded, &auth_url[end..])
 }
 
-fn connect(c: &Controller, net: &ProviderNet, provider: &str, finish: Finish) -> Connected {
+fn connect(c: &Controller, net: &TestInternet, provider: &str, finish: Finish) -> Connected {
     let started = Instant::now();
     let (st, v) = c.call(
         "POST",
@@ -132,7 +135,6 @@ fn connect(c: &Controller, net: &ProviderNet, provider: &str, finish: Finish) ->
     assert_eq!(st, 200, "{v}");
     let sid = v["sessionId"].as_str().unwrap().to_string();
     let (vm, ns) = browser_vm(c, &sid);
-    net.attach(&ns);
     let s = wait_status(c, &sid, "awaiting_user_auth", Duration::from_secs(600));
     let auth_url = s["authUrl"].as_str().expect("authUrl").to_string();
     eprintln!(
@@ -144,6 +146,7 @@ fn connect(c: &Controller, net: &ProviderNet, provider: &str, finish: Finish) ->
         "{auth_url}"
     );
     let token = token_of(c, &vm);
+    net.clear();
     let paste_page = match (provider, finish) {
         ("gemini_cli", _) => {
             approve_in_chromium(&ns, &token, &auth_url);
@@ -170,6 +173,13 @@ fn connect(c: &Controller, net: &ProviderNet, provider: &str, finish: Finish) ->
         );
         assert_eq!(st, 200, "{v}");
     }
+    // Chromium found the provider by name, through the VM's DNS forwarder.
+    let host = polydev_login::standins::TEST_PROVIDER_HOST;
+    assert!(
+        net.lines().iter().any(|l| l.starts_with(&format!("dns {host} A"))),
+        "{provider}: no DNS question for {host} reached the test internet: {:?}",
+        net.lines()
+    );
     let s = wait_status(c, &sid, "completed", Duration::from_secs(600));
     eprintln!("{provider}: completed after {:?}", started.elapsed());
     assert!(s["errorMessage"].is_null(), "{s}");
@@ -220,14 +230,17 @@ fn assert_not_in_database(c: &Controller, secret: &str) {
 #[test]
 fn connect_three_providers_end_to_end_with_standins_then_reconnect_claude_by_paste() {
     let image = standin_image();
-    let net = ProviderNet::start();
-    let c = Controller::start(&[
+    let net = TestInternet::start();
+    let env = net.controller_env();
+    let mut vars: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    vars.extend([
         ("POLYDEV_BROWSER_ROOTFS", image.as_str()),
         ("POLYDEV_BROWSER_MEMORY_MB", "1536"),
         // Under TCG on a loaded host the test's own steps take minutes.
         ("POLYDEV_AUTH_TIMEOUT_SECS", "1200"),
         ("POLYDEV_AUTH_URL_TIMEOUT_SECS", "600"),
     ]);
+    let c = Controller::start(&vars);
     let claude = "/home/polydev/.claude/.credentials.json";
     let cases = [
         ("codex", "/home/polydev/.codex/auth.json", "access_token", Finish::Usual),
@@ -239,6 +252,7 @@ fn connect_three_providers_end_to_end_with_standins_then_reconnect_claude_by_pas
     let mut first_claude: Option<Vec<u8>> = None;
     for (provider, path, token_field, finish) in cases {
         let got = connect(&c, &net, provider, finish);
+        assert_eq!(net.leaked_packets(), 0, "VM packets went to the host's real uplink");
         if provider == "claude_code" {
             match &first_claude {
                 None => first_claude = Some(got.plaintext.clone()),

@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod connect;
-pub mod provider;
+pub mod internet;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_polydev");
 
@@ -66,6 +66,10 @@ impl Controller {
             .env("POLYDEV_BROWSER_VCPUS", "1")
             .env("POLYDEV_BROWSER_MEMORY_MB", "512")
             .env("POLYDEV_STATE_DISK_MB", "256")
+            // Never the host's real default route: a test that wants egress
+            // gives its own uplink (`common::internet`); DNS goes nowhere.
+            .env("POLYDEV_EGRESS_UPLINK", "none")
+            .env("POLYDEV_DNS_UPSTREAM", "127.0.0.1:9")
             .env_remove("DATABASE_URL");
         for (k, v) in &self.env {
             cmd.env(k, v);
@@ -188,6 +192,14 @@ impl Controller {
         }
     }
 
+    /// The controller's host tag (its namespace, link and table names).
+    pub fn tag(&self) -> String {
+        self.netns_prefix()
+            .trim_start_matches("pd")
+            .trim_end_matches('-')
+            .to_string()
+    }
+
     pub fn netns_prefix(&self) -> String {
         use std::io::Write;
         // Same derivation as the controller's `Config::host_tag`.
@@ -243,6 +255,15 @@ impl Drop for Controller {
         for ns in polydev_net::netns::list(&self.netns_prefix()) {
             let _ = polydev_net::teardown_vm_network(&ns);
         }
+        let tag = self.tag();
+        for l in polydev_net::veth::list_host_links(&format!("pe{tag}-")) {
+            let _ = polydev_net::veth::delete_host_link(&l);
+        }
+        let _ = polydev_egress::nft::delete_table(
+            polydev_egress::nft::Target::Host,
+            "ip",
+            &format!("polydev_{tag}"),
+        );
     }
 }
 
