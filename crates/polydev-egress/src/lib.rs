@@ -14,6 +14,7 @@
 #![warn(missing_docs)]
 
 pub mod dns;
+pub mod doctor;
 pub mod gate;
 pub mod host;
 pub mod nft;

@@ -87,5 +87,27 @@ pub async fn run(common: Common) -> anyhow::Result<()> {
         ),
         Err(e) => println!("store:         ERROR {e:#}"),
     }
+    println!("egress:");
+    match polydev_controller::egress::EgressSettings::from_env() {
+        Err(e) => println!("  settings:    ERROR {e}"),
+        Ok(settings) => {
+            let uplink = match &settings.uplink {
+                polydev_controller::egress::Uplink::None => None,
+                polydev_controller::egress::Uplink::Named(n) => Some(n.clone()),
+                polydev_controller::egress::Uplink::DefaultRoute => {
+                    polydev_egress::host::default_route_interface()
+                }
+            };
+            let table = format!("polydev_{}", cfg.host_tag());
+            for c in polydev_egress::doctor::run(uplink.as_deref(), &table) {
+                let mark = if c.ok { "ok  " } else { "FIX " };
+                println!("  {mark}{:<15} {}", c.name, c.detail);
+            }
+            match polydev_egress::dns::Upstreams::from_spec(settings.dns_upstream.as_deref()) {
+                Ok(u) => println!("  ok  {:<15} {:?}", "dns upstream", u.addrs),
+                Err(e) => println!("  FIX {:<15} {e}", "dns upstream"),
+            }
+        }
+    }
     Ok(())
 }
