@@ -20,6 +20,7 @@ pub mod host;
 pub mod nft;
 pub mod policy;
 pub mod state;
+pub mod testnet;
 pub mod upstream;
 pub mod vmtable;
 

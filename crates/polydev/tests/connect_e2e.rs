@@ -230,7 +230,7 @@ fn assert_not_in_database(c: &Controller, secret: &str) {
 #[test]
 fn connect_three_providers_end_to_end_with_standins_then_reconnect_claude_by_paste() {
     let image = standin_image();
-    let net = TestInternet::start();
+    let net = common::internet::start_with_provider();
     let env = net.controller_env();
     let mut vars: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     vars.extend([

@@ -121,7 +121,7 @@ fn check_allowlist(net: &TestInternet, a: &Vm, when: &str) {
 
 #[test]
 fn egress_policy_identity_isolation_and_cleanup() {
-    let net = TestInternet::start();
+    let net = internet::start();
     let env = net.controller_env();
     let vars: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let mut c = Controller::start(&vars);
