@@ -39,6 +39,15 @@ pub struct Args {
     /// from a pool of one (booted, Chromium up, hibernated), and compare.
     #[arg(long)]
     warm: bool,
+    /// Instead of the boot figures: egress costs (throughput guest / host
+    /// through the stand-in internet of the benchmark's own, DNS through
+    /// the forwarder / direct, policy changes with 1 and 50 VMs, set-up
+    /// time in create-to-ready).
+    #[arg(long)]
+    egress: bool,
+    /// With `--egress`: bytes each throughput transfer sends.
+    #[arg(long, default_value_t = 64 << 20)]
+    egress_bytes: u64,
     /// Seconds a VM may take to become ready.
     #[arg(long, default_value_t = 300)]
     timeout_secs: u64,
@@ -52,7 +61,7 @@ struct Sample {
 
 /// Creates a CLI VM and waits until it is running; a VM that fails or
 /// misses `deadline` is destroyed and reported.
-async fn create_ready(
+pub(crate) async fn create_ready(
     rt: &std::sync::Arc<polydev_controller::runtime::Runtime>,
     deadline: Duration,
 ) -> anyhow::Result<polydev_store::VmRecord> {
@@ -153,6 +162,10 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     );
     if let Some(n) = a.connect {
         return connect_figures(&rt, n.max(1), &a.provider, a.warm).await;
+    }
+    if a.egress {
+        let deadline = Duration::from_secs(a.timeout_secs + 30);
+        return super::bench_egress::run(&rt, deadline, a.egress_bytes).await;
     }
     println!("VM size: {} vCPU, {} MiB", a.vcpus, a.memory_mb);
     let deadline = Duration::from_secs(a.timeout_secs + 30);

@@ -2,6 +2,7 @@
 
 pub mod apikey;
 pub mod bench;
+pub mod bench_egress;
 pub mod common;
 pub mod doctor;
 pub mod image;
