@@ -445,3 +445,49 @@ pub async fn put_user_egress(
     let row = s.runtime.store().get_user_egress(&user).await.map_err(ApiError::internal)?;
     Ok(Json(identity_json(&user, row)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn from(pairs: &[(&str, &str)]) -> Result<EgressSettings, String> {
+        let m: std::collections::HashMap<String, String> =
+            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        EgressSettings::from_lookup(|k| m.get(k).cloned())
+    }
+
+    #[test]
+    fn settings_parse_and_bad_values_name_the_variable() {
+        let d = from(&[]).unwrap();
+        assert_eq!(d.uplink, Uplink::DefaultRoute);
+        assert_eq!(d.subnet.to_string(), "10.231.0.0/16");
+        let s = from(&[
+            ("POLYDEV_EGRESS_UPLINK", "none"),
+            ("POLYDEV_DNS_UPSTREAM", "203.0.113.53, 198.51.100.9:5353"),
+            ("POLYDEV_EGRESS_SOURCE_POOL", "198.51.100.11,198.51.100.12"),
+            ("POLYDEV_EGRESS_ALLOW_PRIVATE", "10.9.0.0/16"),
+            ("POLYDEV_EGRESS_CLI_POLICY", r#"{"allowDomains": ["api.example.com"]}"#),
+        ])
+        .unwrap();
+        assert_eq!(s.uplink, Uplink::None);
+        assert_eq!(s.source_pool.len(), 2);
+        assert_eq!(s.policy_for(VmType::Cli).allow_domains, ["api.example.com"]);
+        assert!(s.policy_for(VmType::Browser).allow_domains.is_empty());
+        for (k, v) in [
+            ("POLYDEV_EGRESS_UPLINK", "eth0; rm -rf /"),
+            ("POLYDEV_EGRESS_SUBNET", "10.0.0.0/30"),
+            ("POLYDEV_EGRESS_ALLOW_PRIVATE", "ten/8"),
+            ("POLYDEV_DNS_UPSTREAM", "dns.example"),
+            ("POLYDEV_EGRESS_SOURCE_POOL", "198.51.100.300"),
+            ("POLYDEV_EGRESS_BROWSER_POLICY", r#"{"denyCidrs": ["x"]}"#),
+        ] {
+            let e = from(&[(k, v)]).unwrap_err();
+            assert!(e.contains(k), "{k}: {e}");
+        }
+        let cfg = s.resolve("ab12").unwrap();
+        assert_eq!(cfg.table(), "polydev_ab12");
+        let l = cfg.link(3).unwrap();
+        assert_eq!((l.host_if.as_str(), l.host_addr.to_string(), l.ns_addr.to_string()), ("peab12-3", "10.231.0.13".into(), "10.231.0.14".into()));
+        assert!(cfg.link(16384).is_err());
+    }
+}

@@ -93,6 +93,22 @@ fn bad_input_gets_a_json_4xx_and_leaves_nothing_behind() {
         Some(r#"{"type":"cli","userId":"../etc"}"#),
     );
     assert_error(st, &b, 422, "invalid_user_id");
+    // `.` and `..` would put a user's home disk in the data directory itself.
+    for u in [".", ".."] {
+        let (st, b) = c.call(
+            "POST",
+            "/api/vms",
+            Some(&format!(r#"{{"type":"cli","userId":"{u}"}}"#)),
+        );
+        assert_error(st, &b, 422, "invalid_user_id");
+        let (st, b) = c.call("PUT", &format!("/api/users/{u}/egress"), Some("{}"));
+        assert!(st == 422 || st == 404, "{u}: {st} {b}");
+    }
+    // Egress bodies: unknown fields and a VM that does not exist.
+    let (st, b) = c.call("PUT", "/api/vms/vm_nope/egress", Some(r#"{"internet": true}"#));
+    assert_error(st, &b, 404, "not_found");
+    let (st, b) = c.call("PUT", "/api/vms/vm_nope/egress", Some(r#"{"internets": true}"#));
+    assert_error(st, &b, 422, "invalid_policy");
     let big = format!(r#"{{"type":"cli","userId":"{}"}}"#, "a".repeat(4096));
     let (st, b) = c.call("POST", "/api/vms", Some(&big));
     assert_error(st, &b, 413, "payload_too_large");
