@@ -303,9 +303,7 @@ fn show_printed_urls(urls: Arc<crate::open_url::UrlState>, session: Arc<LoginSes
                     return;
                 }
                 match &*status {
-                    LoginStatus::Waiting {
-                        oauth_url: Some(u),
-                    } => Some(u.clone()),
+                    LoginStatus::Waiting { oauth_url: Some(u) } => Some(u.clone()),
                     _ => None,
                 }
             };

@@ -79,9 +79,13 @@ impl EgressSettings {
                 Uplink::None
             } else if u.is_empty()
                 || u.len() > 15
-                || !u.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.@".contains(&b))
+                || !u
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.@".contains(&b))
             {
-                return Err(format!("POLYDEV_EGRESS_UPLINK {u:?} is not an interface name (or `none`)"));
+                return Err(format!(
+                    "POLYDEV_EGRESS_UPLINK {u:?} is not an interface name (or `none`)"
+                ));
             } else {
                 Uplink::Named(u.to_string())
             };
@@ -108,10 +112,9 @@ impl EgressSettings {
         }
         if let Some(v) = get("POLYDEV_EGRESS_SOURCE_POOL") {
             for x in v.split(',').map(str::trim).filter(|x| !x.is_empty()) {
-                s.source_pool.push(
-                    x.parse()
-                        .map_err(|_| format!("POLYDEV_EGRESS_SOURCE_POOL {x:?} is not an IPv4 address"))?,
-                );
+                s.source_pool.push(x.parse().map_err(|_| {
+                    format!("POLYDEV_EGRESS_SOURCE_POOL {x:?} is not an IPv4 address")
+                })?);
             }
         }
         for (k, slot) in [
@@ -141,13 +144,15 @@ impl EgressSettings {
         let uplink = match &self.uplink {
             Uplink::None => None,
             Uplink::Named(n) => Some(n.clone()),
-            Uplink::DefaultRoute => match polydev_egress::host::default_route_interface() {
-                Some(i) => Some(i),
-                None => {
-                    tracing::warn!("no IPv4 default route: VMs get no internet (set POLYDEV_EGRESS_UPLINK)");
-                    None
+            Uplink::DefaultRoute => {
+                match polydev_egress::host::default_route_interface() {
+                    Some(i) => Some(i),
+                    None => {
+                        tracing::warn!("no IPv4 default route: VMs get no internet (set POLYDEV_EGRESS_UPLINK)");
+                        None
+                    }
                 }
-            },
+            }
         };
         Ok(EgressConfig {
             tag: tag.to_string(),
@@ -197,8 +202,7 @@ impl EgressHub {
                 sources.push((link.ns_addr, *src));
             }
         }
-        let egress = tokio::task::spawn_blocking(move || Egress::start(cfg, &sources))
-            .await??;
+        let egress = tokio::task::spawn_blocking(move || Egress::start(cfg, &sources)).await??;
         Ok(Arc::new(EgressHub {
             egress,
             store,
@@ -208,7 +212,12 @@ impl EgressHub {
 
     /// A user's identity, proxy opened. An unreadable proxy is an error.
     pub async fn identity(&self, user_id: &str) -> Result<Identity, String> {
-        let Some(row) = self.store.get_user_egress(user_id).await.map_err(|e| e.to_string())? else {
+        let Some(row) = self
+            .store
+            .get_user_egress(user_id)
+            .await
+            .map_err(|e| e.to_string())?
+        else {
             return Ok(Identity::default());
         };
         let proxy = match &row.proxy_sealed {
@@ -259,7 +268,11 @@ fn hub(s: &AppState) -> Result<&Arc<EgressHub>, ApiError> {
 }
 
 fn policy_error(e: impl std::fmt::Display) -> ApiError {
-    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_policy", e.to_string())
+    ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_policy",
+        e.to_string(),
+    )
 }
 
 async fn vm_record(s: &AppState, id: &str) -> Result<polydev_store::VmRecord, ApiError> {
@@ -268,7 +281,13 @@ async fn vm_record(s: &AppState, id: &str) -> Result<polydev_store::VmRecord, Ap
         .get_vm(id)
         .await
         .map_err(ApiError::internal)?
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no VM with id {id}")))
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no VM with id {id}"),
+            )
+        })
 }
 
 /// `GET /api/vms/:id/egress`: the policy in force and the VM's counters.
@@ -277,7 +296,11 @@ pub async fn get_vm_egress(
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let rec = vm_record(&s, &id).await?;
-    let policy = s.runtime.vm_policy(&rec).await.map_err(ApiError::internal)?;
+    let policy = s
+        .runtime
+        .vm_policy(&rec)
+        .await
+        .map_err(ApiError::internal)?;
     let mut v = serde_json::json!({
         "vmId": rec.vm_id,
         "userId": rec.user_id,
@@ -300,8 +323,12 @@ pub async fn put_vm_egress(
     Path(id): Path<String>,
     body: axum::body::Bytes,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let policy: Policy = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_policy", format!("policy: {e}"))
+    let policy: Policy = parse_named(&body).map_err(|e| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_policy",
+            format!("policy: {e}"),
+        )
     })?;
     policy.compile().map_err(policy_error)?;
     let rec = vm_record(&s, &id).await?;
@@ -319,6 +346,21 @@ pub async fn put_vm_egress(
     get_vm_egress(State(s), Path(id)).await
 }
 
+/// Parses a JSON body; an error names the field it is about
+/// (`internet: invalid type: string "yes", expected a boolean`).
+fn parse_named<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, String> {
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if path.is_empty() || path == "." {
+            inner.to_string()
+        } else {
+            format!("{path}: {inner}")
+        }
+    })
+}
+
 fn identity_json(user_id: &str, row: Option<polydev_store::UserEgressRow>) -> serde_json::Value {
     serde_json::json!({
         "userId": user_id,
@@ -334,7 +376,12 @@ pub async fn get_user_egress(
     Path(user): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     crate::api::validate_user_id(&user)?;
-    let row = s.runtime.store().get_user_egress(&user).await.map_err(ApiError::internal)?;
+    let row = s
+        .runtime
+        .store()
+        .get_user_egress(&user)
+        .await
+        .map_err(ApiError::internal)?;
     Ok(Json(identity_json(&user, row)))
 }
 
@@ -346,14 +393,22 @@ pub async fn put_user_egress(
     body: axum::body::Bytes,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     crate::api::validate_user_id(&user)?;
-    let b: UserEgressBody = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_egress", format!("body: {e}"))
+    let b: UserEgressBody = parse_named(&body).map_err(|e| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_egress",
+            format!("body: {e}"),
+        )
     })?;
     let h = hub(&s)?;
     let proxy = match &b.proxy {
         None => None,
         Some(p) => Some(ProxyUrl::parse(p).map_err(|e| {
-            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_egress", format!("proxy: {e}"))
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_egress",
+                format!("proxy: {e}"),
+            )
         })?),
     };
     let pool = &h.egress.config().source_pool;
@@ -380,7 +435,12 @@ pub async fn put_user_egress(
                 Some(a) => Some(a),
                 None => {
                     // The pool address fewest users hold.
-                    let rows = s.runtime.store().list_user_egress().await.map_err(ApiError::internal)?;
+                    let rows = s
+                        .runtime
+                        .store()
+                        .list_user_egress()
+                        .await
+                        .map_err(ApiError::internal)?;
                     pool.iter()
                         .min_by_key(|a| {
                             rows.iter()
@@ -409,9 +469,13 @@ pub async fn put_user_egress(
             Some(ip)
         }
     };
-    let sealed = proxy
-        .as_ref()
-        .map(|p| (p.redacted(), h.vault.seal(&user, PROXY_LABEL, p.to_secret_string().as_bytes())));
+    let sealed = proxy.as_ref().map(|p| {
+        (
+            p.redacted(),
+            h.vault
+                .seal(&user, PROXY_LABEL, p.to_secret_string().as_bytes()),
+        )
+    });
     let parts = sealed.as_ref().map(|(d, s)| {
         (
             d.as_str(),
@@ -434,7 +498,13 @@ pub async fn put_user_egress(
         .await
         .map_err(ApiError::internal)?;
     let identity = Identity { proxy, source };
-    for vm in s.runtime.store().list_vms(Some(&user), false).await.map_err(ApiError::internal)? {
+    for vm in s
+        .runtime
+        .store()
+        .list_vms(Some(&user), false)
+        .await
+        .map_err(ApiError::internal)?
+    {
         if h.egress.is_attached(&vm.vm_id) {
             if let Err(e) = h.egress.set_identity(&vm.vm_id, identity.clone()).await {
                 tracing::error!(vm_id = %vm.vm_id, error = %e, "applying a user's egress identity");
@@ -442,7 +512,12 @@ pub async fn put_user_egress(
         }
     }
     tracing::info!(user_id = %user, proxy = ?identity.proxy, source = ?identity.source, "egress identity set");
-    let row = s.runtime.store().get_user_egress(&user).await.map_err(ApiError::internal)?;
+    let row = s
+        .runtime
+        .store()
+        .get_user_egress(&user)
+        .await
+        .map_err(ApiError::internal)?;
     Ok(Json(identity_json(&user, row)))
 }
 
@@ -451,8 +526,10 @@ mod tests {
     use super::*;
 
     fn from(pairs: &[(&str, &str)]) -> Result<EgressSettings, String> {
-        let m: std::collections::HashMap<String, String> =
-            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let m: std::collections::HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         EgressSettings::from_lookup(|k| m.get(k).cloned())
     }
 
@@ -466,7 +543,10 @@ mod tests {
             ("POLYDEV_DNS_UPSTREAM", "203.0.113.53, 198.51.100.9:5353"),
             ("POLYDEV_EGRESS_SOURCE_POOL", "198.51.100.11,198.51.100.12"),
             ("POLYDEV_EGRESS_ALLOW_PRIVATE", "10.9.0.0/16"),
-            ("POLYDEV_EGRESS_CLI_POLICY", r#"{"allowDomains": ["api.example.com"]}"#),
+            (
+                "POLYDEV_EGRESS_CLI_POLICY",
+                r#"{"allowDomains": ["api.example.com"]}"#,
+            ),
         ])
         .unwrap();
         assert_eq!(s.uplink, Uplink::None);
@@ -487,7 +567,14 @@ mod tests {
         let cfg = s.resolve("ab12").unwrap();
         assert_eq!(cfg.table(), "polydev_ab12");
         let l = cfg.link(3).unwrap();
-        assert_eq!((l.host_if.as_str(), l.host_addr.to_string(), l.ns_addr.to_string()), ("peab12-3", "10.231.0.13".into(), "10.231.0.14".into()));
+        assert_eq!(
+            (
+                l.host_if.as_str(),
+                l.host_addr.to_string(),
+                l.ns_addr.to_string()
+            ),
+            ("peab12-3", "10.231.0.13".into(), "10.231.0.14".into())
+        );
         assert!(cfg.link(16384).is_err());
     }
 }

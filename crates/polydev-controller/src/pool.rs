@@ -151,8 +151,8 @@ impl BrowserPool {
                 Ok(true) => continue,
                 Ok(false) => {
                     // Full: wait for a claim, or look again in a while.
-                    let _ = tokio::time::timeout(Duration::from_secs(30), self.wake.notified())
-                        .await;
+                    let _ =
+                        tokio::time::timeout(Duration::from_secs(30), self.wake.notified()).await;
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "could not warm a browser VM for the pool");
@@ -247,11 +247,19 @@ impl BrowserPool {
         });
         let v = self
             .rt
-            .agent_call(&rec, "POST", "/exec", Some(body), WARM_TIMEOUT + Duration::from_secs(10))
+            .agent_call(
+                &rec,
+                "POST",
+                "/exec",
+                Some(body),
+                WARM_TIMEOUT + Duration::from_secs(10),
+            )
             .await
             .map_err(|e| format!("asking pooled VM {vm_id} whether Chromium is up: {e}"))?;
         if v.get("exitCode").and_then(|c| c.as_i64()) != Some(0) {
-            return Err(format!("Chromium in pooled VM {vm_id} did not come up: {v}"));
+            return Err(format!(
+                "Chromium in pooled VM {vm_id} did not come up: {v}"
+            ));
         }
         self.rt
             .hibernate(vm_id)

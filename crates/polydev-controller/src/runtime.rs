@@ -138,8 +138,12 @@ impl Runtime {
             .await
             .map_err(|e| e.to_string())?
         {
-            Some(json) => serde_json::from_str(&json)
-                .map_err(|e| format!("the stored egress policy of {} is unreadable: {e}", rec.vm_id)),
+            Some(json) => serde_json::from_str(&json).map_err(|e| {
+                format!(
+                    "the stored egress policy of {} is unreadable: {e}",
+                    rec.vm_id
+                )
+            }),
             None => Ok(self.cfg.egress.policy_for(rec.vm_type).clone()),
         }
     }
@@ -303,7 +307,8 @@ impl Runtime {
                 },
             )
             .await?;
-        let policy = serde_json::to_string(self.cfg.egress.policy_for(vm_type)).expect("serialisable");
+        let policy =
+            serde_json::to_string(self.cfg.egress.policy_for(vm_type)).expect("serialisable");
         self.store.set_vm_egress(&rec.vm_id, &policy).await?;
         tracing::info!(vm_id = %rec.vm_id, user_id, vm_type = %vm_type, slot = rec.slot, netns = %rec.netns, image = %artifacts.image_note, "creating VM");
         let rt = self.clone();
@@ -544,8 +549,12 @@ impl Runtime {
             .await
         {
             Ok(v) if v.get("exitCode").and_then(|c| c.as_i64()) == Some(0) => {}
-            Ok(v) => tracing::warn!(vm_id = %rec.vm_id, result = %v, "could not set the resumed guest's clock"),
-            Err(e) => tracing::warn!(vm_id = %rec.vm_id, error = %e, "could not set the resumed guest's clock"),
+            Ok(v) => {
+                tracing::warn!(vm_id = %rec.vm_id, result = %v, "could not set the resumed guest's clock")
+            }
+            Err(e) => {
+                tracing::warn!(vm_id = %rec.vm_id, error = %e, "could not set the resumed guest's clock")
+            }
         }
     }
 

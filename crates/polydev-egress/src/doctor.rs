@@ -25,7 +25,11 @@ pub fn run(uplink: Option<&str>, own_table: &str) -> Vec<Check> {
     match nft::run(Target::Host, &["--version"], None) {
         Ok(v) => out.push(check("nft", true, v.trim().to_string())),
         Err(e) => {
-            out.push(check("nft", false, format!("{e}; install the nftables package (apt-get install nftables)")));
+            out.push(check(
+                "nft",
+                false,
+                format!("{e}; install the nftables package (apt-get install nftables)"),
+            ));
             return out;
         }
     }

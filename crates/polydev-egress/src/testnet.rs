@@ -76,12 +76,16 @@ pub struct TestInternet {
     /// What reached its servers.
     pub log: Log,
     watch: String,
+    ip_forward: String,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 fn run(cmd: &str, args: &[&str]) -> Result<String, String> {
-    let out = Command::new(cmd).args(args).output().map_err(|e| e.to_string())?;
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .map_err(|e| e.to_string())?;
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
@@ -117,31 +121,98 @@ impl TestInternet {
             uplink: uplink.clone(),
             log: Arc::new(Mutex::new(Vec::new())),
             watch: watch.clone(),
+            // A controller with an uplink turns forwarding on: put it back.
+            ip_forward: std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward")
+                .unwrap_or_default(),
             stop: None,
             thread: None,
         };
-        must("ip", &["link", "add", &uplink, "type", "veth", "peer", "name", "inet0", "netns", &ns])?;
-        must("ip", &["addr", "add", &format!("{UPLINK_ADDR}/24"), "dev", &uplink])?;
+        must(
+            "ip",
+            &[
+                "link", "add", &uplink, "type", "veth", "peer", "name", "inet0", "netns", &ns,
+            ],
+        )?;
+        must(
+            "ip",
+            &["addr", "add", &format!("{UPLINK_ADDR}/24"), "dev", &uplink],
+        )?;
         for p in POOL {
             must("ip", &["addr", "add", &format!("{p}/32"), "dev", &uplink])?;
         }
         must("ip", &["link", "set", &uplink, "up"])?;
-        must("ip", &["-n", &ns, "addr", "add", &format!("{INET_ADDR}/24"), "dev", "inet0"])?;
+        must(
+            "ip",
+            &[
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("{INET_ADDR}/24"),
+                "dev",
+                "inet0",
+            ],
+        )?;
         must("ip", &["-n", &ns, "link", "set", "inet0", "up"])?;
         must("ip", &["-n", &ns, "link", "set", "lo", "up"])?;
-        for a in [DNS_ADDR, WEB_ADDR, OTHER_ADDR, PROXY_ADDR, DENIED_ADDR, SINK_ADDR, EXTRA_ADDR] {
-            must("ip", &["-n", &ns, "addr", "add", &format!("{a}/32"), "dev", "lo"])?;
+        for a in [
+            DNS_ADDR,
+            WEB_ADDR,
+            OTHER_ADDR,
+            PROXY_ADDR,
+            DEAD_PROXY_ADDR,
+            DENIED_ADDR,
+            SINK_ADDR,
+            EXTRA_ADDR,
+        ] {
+            must(
+                "ip",
+                &["-n", &ns, "addr", "add", &format!("{a}/32"), "dev", "lo"],
+            )?;
         }
         for p in POOL {
-            must("ip", &["-n", &ns, "route", "add", &format!("{p}/32"), "dev", "inet0"])?;
+            must(
+                "ip",
+                &[
+                    "-n",
+                    &ns,
+                    "route",
+                    "add",
+                    &format!("{p}/32"),
+                    "dev",
+                    "inet0",
+                ],
+            )?;
         }
-        must("ip", &["route", "replace", "203.0.113.0/24", "via", INET_ADDR, "dev", &uplink])?;
-        must("ip", &["route", "replace", &format!("{DENIED_ADDR}/32"), "via", INET_ADDR, "dev", &uplink])?;
+        must(
+            "ip",
+            &[
+                "route",
+                "replace",
+                "203.0.113.0/24",
+                "via",
+                INET_ADDR,
+                "dev",
+                &uplink,
+            ],
+        )?;
+        must(
+            "ip",
+            &[
+                "route",
+                "replace",
+                &format!("{DENIED_ADDR}/32"),
+                "via",
+                INET_ADDR,
+                "dev",
+                &uplink,
+            ],
+        )?;
         // Packets of VMs forwarded to the host's real uplink, after every
         // filter has had its say: must stay 0.
         if let Some(real) = crate::host::default_route_interface() {
             let script = format!(
-                "table ip {watch} {{\n counter leaked {{ }}\n chain fwd {{ type filter hook forward priority 100; policy accept;\n  iifname \"pe*\" oifname \"{real}\" counter name leaked\n }}\n}}\n"
+                "table ip {watch} {{\n counter leaked {{ }}\n chain watch {{ type filter hook forward priority 100; policy accept;\n  iifname \"pe*\" oifname \"{real}\" counter name leaked\n }}\n}}\n"
             );
             crate::nft::apply(crate::nft::Target::Host, &script)
                 .map_err(|e| format!("the watch table: {e}"))?;
@@ -226,6 +297,9 @@ impl Drop for TestInternet {
         let _ = run("ip", &["route", "del", "203.0.113.0/24"]);
         let _ = run("ip", &["link", "del", &self.uplink]);
         let _ = run("ip", &["netns", "del", &self.ns]);
+        if self.ip_forward.trim() == "0" {
+            let _ = std::fs::write("/proc/sys/net/ipv4/ip_forward", "0");
+        }
     }
 }
 
@@ -234,19 +308,35 @@ async fn servers(log: Log) -> Result<Vec<tokio::task::JoinHandle<()>>, String> {
     let mut tasks = Vec::new();
     let bind = |a: &str, p: u16| -> SocketAddr { format!("{a}:{p}").parse().unwrap() };
     let e = |what: &str, e: std::io::Error| format!("{what}: {e}");
-    let dns = UdpSocket::bind(bind(DNS_ADDR, 53)).await.map_err(|x| e("dns", x))?;
+    let dns = UdpSocket::bind(bind(DNS_ADDR, 53))
+        .await
+        .map_err(|x| e("dns", x))?;
     tasks.push(tokio::spawn(dns_server(dns, log.clone())));
-    for (addr, name) in [(WEB_ADDR, "web.test"), (OTHER_ADDR, "other.test"), (DENIED_ADDR, "denied.test")] {
-        let l = TcpListener::bind(bind(addr, 80)).await.map_err(|x| e("web", x))?;
+    for (addr, name) in [
+        (WEB_ADDR, "web.test"),
+        (OTHER_ADDR, "other.test"),
+        (DENIED_ADDR, "denied.test"),
+    ] {
+        let l = TcpListener::bind(bind(addr, 80))
+            .await
+            .map_err(|x| e("web", x))?;
         tasks.push(tokio::spawn(web_server(l, name, log.clone())));
-        let t = TcpListener::bind(bind(addr, 443)).await.map_err(|x| e("tls", x))?;
+        let t = TcpListener::bind(bind(addr, 443))
+            .await
+            .map_err(|x| e("tls", x))?;
         tasks.push(tokio::spawn(tcp_logger(t, log.clone())));
-        let u = UdpSocket::bind(bind(addr, 9999)).await.map_err(|x| e("udp", x))?;
+        let u = UdpSocket::bind(bind(addr, 9999))
+            .await
+            .map_err(|x| e("udp", x))?;
         tasks.push(tokio::spawn(udp_logger(u, log.clone())));
     }
-    let p = TcpListener::bind(bind(PROXY_ADDR, 3128)).await.map_err(|x| e("proxy", x))?;
+    let p = TcpListener::bind(bind(PROXY_ADDR, 3128))
+        .await
+        .map_err(|x| e("proxy", x))?;
     tasks.push(tokio::spawn(connect_proxy(p, log.clone())));
-    let k = TcpListener::bind(bind(SINK_ADDR, SINK_PORT)).await.map_err(|x| e("sink", x))?;
+    let k = TcpListener::bind(bind(SINK_ADDR, SINK_PORT))
+        .await
+        .map_err(|x| e("sink", x))?;
     tasks.push(tokio::spawn(sink(k, log.clone())));
     Ok(tasks)
 }
@@ -256,11 +346,24 @@ async fn dns_server(s: tokio::net::UdpSocket, log: Log) {
     use hickory_proto::rr::{rdata, RData, Record, RecordType};
     let mut buf = [0u8; 2048];
     loop {
-        let Ok((n, from)) = s.recv_from(&mut buf).await else { continue };
-        let Ok(q) = Message::from_vec(&buf[..n]) else { continue };
-        let Some(query) = q.queries.first().cloned() else { continue };
-        let name = query.name().to_ascii().trim_end_matches('.').to_ascii_lowercase();
-        note(&log, format!("dns {name} {:?} from {}", query.query_type(), from.ip()));
+        let Ok((n, from)) = s.recv_from(&mut buf).await else {
+            continue;
+        };
+        let Ok(q) = Message::from_vec(&buf[..n]) else {
+            continue;
+        };
+        let Some(query) = q.queries.first().cloned() else {
+            continue;
+        };
+        let name = query
+            .name()
+            .to_ascii()
+            .trim_end_matches('.')
+            .to_ascii_lowercase();
+        note(
+            &log,
+            format!("dns {name} {:?} from {}", query.query_type(), from.ip()),
+        );
         let mut r = Message::response(q.metadata.id, q.metadata.op_code);
         r.metadata.message_type = MessageType::Response;
         r.metadata.recursion_desired = q.metadata.recursion_desired;
@@ -306,7 +409,9 @@ async fn read_head(s: &mut tokio::net::TcpStream) -> Vec<u8> {
 async fn web_server(l: tokio::net::TcpListener, name: &'static str, log: Log) {
     use tokio::io::AsyncWriteExt;
     loop {
-        let Ok((mut s, peer)) = l.accept().await else { continue };
+        let Ok((mut s, peer)) = l.accept().await else {
+            continue;
+        };
         let log = log.clone();
         tokio::spawn(async move {
             let head = read_head(&mut s).await;
@@ -314,11 +419,17 @@ async fn web_server(l: tokio::net::TcpListener, name: &'static str, log: Log) {
             let path = text.split_whitespace().nth(1).unwrap_or("").to_string();
             let host = text
                 .lines()
-                .find_map(|l| l.strip_prefix("Host: ").or_else(|| l.strip_prefix("host: ")))
+                .find_map(|l| {
+                    l.strip_prefix("Host: ")
+                        .or_else(|| l.strip_prefix("host: "))
+                })
                 .unwrap_or("")
                 .trim()
                 .to_string();
-            note(&log, format!("http {name} from {} host {host} path {path}", peer.ip()));
+            note(
+                &log,
+                format!("http {name} from {} host {host} path {path}", peer.ip()),
+            );
             let body = format!(
                 "<html><head><title>{name}</title></head><body><h1 id=\"who\">{name} says hello to {}</h1></body></html>\n",
                 peer.ip()
@@ -339,7 +450,9 @@ async fn web_server(l: tokio::net::TcpListener, name: &'static str, log: Log) {
 async fn sink(l: tokio::net::TcpListener, log: Log) {
     use tokio::io::AsyncReadExt;
     loop {
-        let Ok((mut s, peer)) = l.accept().await else { continue };
+        let Ok((mut s, peer)) = l.accept().await else {
+            continue;
+        };
         let log = log.clone();
         tokio::spawn(async move {
             let mut buf = vec![0u8; 256 * 1024];
@@ -353,14 +466,19 @@ async fn sink(l: tokio::net::TcpListener, log: Log) {
                 total += n as u64;
             }
             let us = first.map(|f| f.elapsed().as_micros()).unwrap_or(0);
-            note(&log, format!("sink {total} bytes in {us} us from {}", peer.ip()));
+            note(
+                &log,
+                format!("sink {total} bytes in {us} us from {}", peer.ip()),
+            );
         });
     }
 }
 
 async fn tcp_logger(l: tokio::net::TcpListener, log: Log) {
     loop {
-        let Ok((s, peer)) = l.accept().await else { continue };
+        let Ok((s, peer)) = l.accept().await else {
+            continue;
+        };
         let local = s.local_addr().map(|a| a.to_string()).unwrap_or_default();
         note(&log, format!("tcp {local} from {}", peer.ip()));
     }
@@ -369,7 +487,9 @@ async fn tcp_logger(l: tokio::net::TcpListener, log: Log) {
 async fn udp_logger(u: tokio::net::UdpSocket, log: Log) {
     let mut buf = [0u8; 2048];
     loop {
-        let Ok((_, from)) = u.recv_from(&mut buf).await else { continue };
+        let Ok((_, from)) = u.recv_from(&mut buf).await else {
+            continue;
+        };
         let local = u.local_addr().map(|a| a.to_string()).unwrap_or_default();
         note(&log, format!("udp {local} from {}", from.ip()));
     }
@@ -378,18 +498,24 @@ async fn udp_logger(u: tokio::net::UdpSocket, log: Log) {
 async fn connect_proxy(l: tokio::net::TcpListener, log: Log) {
     use tokio::io::AsyncWriteExt;
     loop {
-        let Ok((mut s, peer)) = l.accept().await else { continue };
+        let Ok((mut s, peer)) = l.accept().await else {
+            continue;
+        };
         let log = log.clone();
         tokio::spawn(async move {
             let head = read_head(&mut s).await;
             let text = String::from_utf8_lossy(&head);
             let mut parts = text.split_whitespace();
             let (Some("CONNECT"), Some(target)) = (parts.next(), parts.next()) else {
-                let _ = s.write_all(b"HTTP/1.1 405 Method Not Allowed\r\n\r\n").await;
+                let _ = s
+                    .write_all(b"HTTP/1.1 405 Method Not Allowed\r\n\r\n")
+                    .await;
                 return;
             };
             note(&log, format!("connect {target} from {}", peer.ip()));
-            let Some((h, p)) = target.rsplit_once(':') else { return };
+            let Some((h, p)) = target.rsplit_once(':') else {
+                return;
+            };
             let ip = zone(h).or_else(|| h.parse().ok());
             let Some(ip) = ip else {
                 let _ = s.write_all(b"HTTP/1.1 502 Bad Gateway\r\n\r\n").await;
@@ -398,7 +524,9 @@ async fn connect_proxy(l: tokio::net::TcpListener, log: Log) {
             let Ok(port) = p.parse::<u16>() else { return };
             match tokio::net::TcpStream::connect((ip, port)).await {
                 Ok(mut up) => {
-                    let _ = s.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n").await;
+                    let _ = s
+                        .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                        .await;
                     let _ = tokio::io::copy_bidirectional(&mut s, &mut up).await;
                 }
                 Err(_) => {

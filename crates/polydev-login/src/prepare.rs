@@ -128,7 +128,10 @@ mod tests {
         let written = prepare_home(Provider::GeminiCli, home.path(), None).unwrap();
         assert_eq!(written, vec![home.path().join(GEMINI_SETTINGS)]);
         let v: Value = serde_json::from_slice(&fs::read(&written[0]).unwrap()).unwrap();
-        assert_eq!(v, json!({"security": {"auth": {"selectedType": "oauth-personal"}}}));
+        assert_eq!(
+            v,
+            json!({"security": {"auth": {"selectedType": "oauth-personal"}}})
+        );
 
         fs::write(
             &written[0],
@@ -152,14 +155,21 @@ mod tests {
         fs::write(home.path().join(GEMINI_SETTINGS), "{not json").unwrap();
         let e = prepare_home(Provider::GeminiCli, home.path(), None).unwrap_err();
         assert!(e.to_string().contains("settings must be JSON"), "{e}");
-        assert_eq!(fs::read_to_string(home.path().join(GEMINI_SETTINGS)).unwrap(), "{not json");
+        assert_eq!(
+            fs::read_to_string(home.path().join(GEMINI_SETTINGS)).unwrap(),
+            "{not json"
+        );
     }
 
     #[test]
     fn other_providers_touch_nothing() {
         let home = tempfile::tempdir().unwrap();
-        assert!(prepare_home(Provider::Codex, home.path(), None).unwrap().is_empty());
-        assert!(prepare_home(Provider::ClaudeCode, home.path(), None).unwrap().is_empty());
+        assert!(prepare_home(Provider::Codex, home.path(), None)
+            .unwrap()
+            .is_empty());
+        assert!(prepare_home(Provider::ClaudeCode, home.path(), None)
+            .unwrap()
+            .is_empty());
         assert_eq!(fs::read_dir(home.path()).unwrap().count(), 0);
     }
 

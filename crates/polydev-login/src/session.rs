@@ -28,8 +28,8 @@ use tokio::sync::watch;
 use crate::callback::{self, CallbackResponse};
 use crate::credentials::{self, Credentials};
 use crate::hook::Hook;
-use crate::provider::{self, LoginOptions, Provider};
 use crate::prepare;
+use crate::provider::{self, LoginOptions, Provider};
 use crate::pty;
 use crate::url::{find_urls, is_authorize_url, local_redirect};
 use crate::LoginError;
@@ -727,14 +727,23 @@ mod tests {
         let mut t = format!(
             "Please visit the following URL to authorize the application:\r\n\r\n\x1b[36m{first}\x1b[39m\r\n\r\nEnter the authorization code: "
         );
-        assert_eq!(scan_for_url(Provider::GeminiCli, t.as_bytes()), Some(first.clone()));
+        assert_eq!(
+            scan_for_url(Provider::GeminiCli, t.as_bytes()),
+            Some(first.clone())
+        );
         // Gemini's retry after a code that failed: a new URL.
         t.push_str(&format!(
             "\r\nFailed to authenticate with user code. Retrying...\r\nPlease visit the following URL to authorize the application:\r\n\r\n{second}\r\n"
         ));
-        assert_eq!(scan_for_url(Provider::GeminiCli, t.as_bytes()), Some(second.clone()));
+        assert_eq!(
+            scan_for_url(Provider::GeminiCli, t.as_bytes()),
+            Some(second.clone())
+        );
         // A URL still arriving (no end of line yet) does not count.
         t.push_str(&gemini_url("three"));
-        assert_eq!(scan_for_url(Provider::GeminiCli, t.as_bytes()), Some(second));
+        assert_eq!(
+            scan_for_url(Provider::GeminiCli, t.as_bytes()),
+            Some(second)
+        );
     }
 }

@@ -132,6 +132,14 @@ pub fn create(ns: &str, link: &VethLink) -> Result<()> {
             "dev",
             &link.host_if,
         ])?;
+        // IPv6 off on the host end too: no router or listener chatter on the link.
+        let v6 = format!("/proc/sys/net/ipv6/conf/{}/disable_ipv6", link.host_if);
+        if std::path::Path::new(&v6).exists() {
+            std::fs::write(&v6, "1").map_err(|e| NetError::Sys {
+                what: format!("writing {v6}"),
+                source: e,
+            })?;
+        }
         cmd::ip(&["link", "set", &link.host_if, "up"])?;
         cmd::ip(&[
             "-n",

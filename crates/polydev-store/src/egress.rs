@@ -31,10 +31,14 @@ impl FromRow<'_, AnyRow> for UserEgressRow {
         let sealed = match data {
             Some(d) => Some((
                 d,
-                row.try_get::<Option<Vec<u8>>, _>("proxy_iv")?.unwrap_or_default(),
-                row.try_get::<Option<Vec<u8>>, _>("proxy_tag")?.unwrap_or_default(),
-                row.try_get::<Option<Vec<u8>>, _>("proxy_salt")?.unwrap_or_default(),
-                row.try_get::<Option<String>, _>("proxy_key_id")?.unwrap_or_default(),
+                row.try_get::<Option<Vec<u8>>, _>("proxy_iv")?
+                    .unwrap_or_default(),
+                row.try_get::<Option<Vec<u8>>, _>("proxy_tag")?
+                    .unwrap_or_default(),
+                row.try_get::<Option<Vec<u8>>, _>("proxy_salt")?
+                    .unwrap_or_default(),
+                row.try_get::<Option<String>, _>("proxy_key_id")?
+                    .unwrap_or_default(),
             )),
             None => None,
         };

@@ -357,16 +357,28 @@ async fn claim_hibernated(db: &TestDb) {
         v
     };
     for id in ["p1", "p2"] {
-        s.insert_vm_allocating_slot(&browser(id), names).await.unwrap();
+        s.insert_vm_allocating_slot(&browser(id), names)
+            .await
+            .unwrap();
         s.set_vm_pid(id, 1, None).await.unwrap();
         assert!(s.mark_vm_running(id, now_ms(), None, None).await.unwrap());
     }
     // Running pooled VMs are not yet ready to be given away.
-    assert_eq!(s.claim_hibernated_vm("_pool", "alice", VmType::Browser).await.unwrap(), None);
+    assert_eq!(
+        s.claim_hibernated_vm("_pool", "alice", VmType::Browser)
+            .await
+            .unwrap(),
+        None
+    );
     assert!(s.mark_vm_hibernated("p1").await.unwrap());
     assert!(s.mark_vm_hibernated("p2").await.unwrap());
     // Only of the type asked for.
-    assert_eq!(s.claim_hibernated_vm("_pool", "alice", VmType::Cli).await.unwrap(), None);
+    assert_eq!(
+        s.claim_hibernated_vm("_pool", "alice", VmType::Cli)
+            .await
+            .unwrap(),
+        None
+    );
     // Concurrent claims never share a VM.
     let (a, b, c) = tokio::join!(
         s.claim_hibernated_vm("_pool", "alice", VmType::Browser),

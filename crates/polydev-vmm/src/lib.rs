@@ -116,6 +116,9 @@ impl VmSpec {
             "rootfstype=ext4".into(),
             format!("init={GUEST_INIT}"),
             kernel_ip_arg(),
+            // VMs have no IPv6 path out (egress is IPv4): without a stack
+            // the guest never tries one.
+            "ipv6.disable=1".into(),
         ];
         parts.extend(self.extra_kernel_args.iter().cloned());
         parts.join(" ")

@@ -105,9 +105,17 @@ fn bad_input_gets_a_json_4xx_and_leaves_nothing_behind() {
         assert!(st == 422 || st == 404, "{u}: {st} {b}");
     }
     // Egress bodies: unknown fields and a VM that does not exist.
-    let (st, b) = c.call("PUT", "/api/vms/vm_nope/egress", Some(r#"{"internet": true}"#));
+    let (st, b) = c.call(
+        "PUT",
+        "/api/vms/vm_nope/egress",
+        Some(r#"{"internet": true}"#),
+    );
     assert_error(st, &b, 404, "not_found");
-    let (st, b) = c.call("PUT", "/api/vms/vm_nope/egress", Some(r#"{"internets": true}"#));
+    let (st, b) = c.call(
+        "PUT",
+        "/api/vms/vm_nope/egress",
+        Some(r#"{"internets": true}"#),
+    );
     assert_error(st, &b, 422, "invalid_policy");
     let big = format!(r#"{{"type":"cli","userId":"{}"}}"#, "a".repeat(4096));
     let (st, b) = c.call("POST", "/api/vms", Some(&big));

@@ -84,12 +84,7 @@ fn pasted_code(ns: &str, token: &str, page: &str) -> String {
         };
         go();
     })"#;
-    let out = cdp(
-        ns,
-        token,
-        &["eval", page, read],
-        Duration::from_secs(90),
-    );
+    let out = cdp(ns, token, &["eval", page, read], Duration::from_secs(90));
     serde_json::from_str::<String>(&out).expect("the code as a JSON string")
 }
 
@@ -112,8 +107,13 @@ enum Finish {
 /// page as `redirect_uri` (the CLI prints both with one PKCE pair and state).
 fn claude_paste_link(auth_url: &str) -> String {
     let start = auth_url.find("redirect_uri=").expect("a redirect_uri") + "redirect_uri=".len();
-    let end = auth_url[start..].find('&').map_or(auth_url.len(), |e| start + e);
-    let page = format!("{}/oauth/code/callback", polydev_login::standins::TEST_PROVIDER_URL);
+    let end = auth_url[start..]
+        .find('&')
+        .map_or(auth_url.len(), |e| start + e);
+    let page = format!(
+        "{}/oauth/code/callback",
+        polydev_login::standins::TEST_PROVIDER_URL
+    );
     let encoded: String = page
         .chars()
         .map(|ch| match ch {
@@ -164,7 +164,10 @@ fn connect(c: &Controller, net: &TestInternet, provider: &str, finish: Finish) -
     if let Some(page) = paste_page {
         let code = pasted_code(&ns, &token, page);
         if finish == Finish::ClaudePaste {
-            assert!(code.contains('#'), "Claude's paste page shows code#state: {code}");
+            assert!(
+                code.contains('#'),
+                "Claude's paste page shows code#state: {code}"
+            );
         }
         let (st, v) = c.call(
             "POST",
@@ -176,7 +179,9 @@ fn connect(c: &Controller, net: &TestInternet, provider: &str, finish: Finish) -
     // Chromium found the provider by name, through the VM's DNS forwarder.
     let host = polydev_login::standins::TEST_PROVIDER_HOST;
     assert!(
-        net.lines().iter().any(|l| l.starts_with(&format!("dns {host} A"))),
+        net.lines()
+            .iter()
+            .any(|l| l.starts_with(&format!("dns {host} A"))),
         "{provider}: no DNS question for {host} reached the test internet: {:?}",
         net.lines()
     );
@@ -243,21 +248,38 @@ fn connect_three_providers_end_to_end_with_standins_then_reconnect_claude_by_pas
     let c = Controller::start(&vars);
     let claude = "/home/polydev/.claude/.credentials.json";
     let cases = [
-        ("codex", "/home/polydev/.codex/auth.json", "access_token", Finish::Usual),
+        (
+            "codex",
+            "/home/polydev/.codex/auth.json",
+            "access_token",
+            Finish::Usual,
+        ),
         ("claude_code", claude, "accessToken", Finish::Usual),
-        ("gemini_cli", "/home/polydev/.gemini/oauth_creds.json", "access_token", Finish::Usual),
+        (
+            "gemini_cli",
+            "/home/polydev/.gemini/oauth_creds.json",
+            "access_token",
+            Finish::Usual,
+        ),
         // Reconnecting Claude, by its paste path: the row is replaced.
         ("claude_code", claude, "accessToken", Finish::ClaudePaste),
     ];
     let mut first_claude: Option<Vec<u8>> = None;
     for (provider, path, token_field, finish) in cases {
         let got = connect(&c, &net, provider, finish);
-        assert_eq!(net.leaked_packets(), 0, "VM packets went to the host's real uplink");
+        assert_eq!(
+            net.leaked_packets(),
+            0,
+            "VM packets went to the host's real uplink"
+        );
         if provider == "claude_code" {
             match &first_claude {
                 None => first_claude = Some(got.plaintext.clone()),
                 Some(before) => {
-                    assert_ne!(before, &got.plaintext, "the reconnect stored the old credentials");
+                    assert_ne!(
+                        before, &got.plaintext,
+                        "the reconnect stored the old credentials"
+                    );
                     let rows = tokio::runtime::Runtime::new().unwrap().block_on(async {
                         let store = polydev_store::Store::sqlite_in(c.data_dir()).await.unwrap();
                         let all = store.list_credentials(Some(USER)).await.unwrap();

@@ -68,7 +68,12 @@ fn real_cli_session(c: &Controller, provider: Provider) {
         Provider::GeminiCli => {
             let token = token_of(c, &vm);
             // Gemini only prints its URL: the agent put it on the screen.
-            cdp(&ns, &token, &["wait", &state, "300"], Duration::from_secs(400));
+            cdp(
+                &ns,
+                &token,
+                &["wait", &state, "300"],
+                Duration::from_secs(400),
+            );
             let paste = || {
                 c.call(
                     "POST",
@@ -98,9 +103,18 @@ fn real_cli_session(c: &Controller, provider: Provider) {
                 polydev_login::url::is_authorize_url(provider, &again),
                 "{provider}: {again}"
             );
-            let state2 = Url::parse(&again).unwrap().param("state").unwrap().to_string();
+            let state2 = Url::parse(&again)
+                .unwrap()
+                .param("state")
+                .unwrap()
+                .to_string();
             assert_ne!(state2, state, "{provider}: the retry has a new state");
-            cdp(&ns, &token, &["wait", &state2, "300"], Duration::from_secs(400));
+            cdp(
+                &ns,
+                &token,
+                &["wait", &state2, "300"],
+                Duration::from_secs(400),
+            );
             let (st, v) = paste();
             assert_eq!(st, 200, "{v}");
         }

@@ -69,20 +69,34 @@ fn egress(c: &Controller, id: &str) -> Value {
 }
 
 fn put_policy(c: &Controller, id: &str, p: Value) {
-    let (st, v) = c.call("PUT", &format!("/api/vms/{id}/egress"), Some(&p.to_string()));
+    let (st, v) = c.call(
+        "PUT",
+        &format!("/api/vms/{id}/egress"),
+        Some(&p.to_string()),
+    );
     assert_eq!(st, 200, "PUT policy {p}: {v}");
-    assert_eq!(v["policy"]["internet"], p.get("internet").cloned().unwrap_or(json!(true)));
+    assert_eq!(
+        v["policy"]["internet"],
+        p.get("internet").cloned().unwrap_or(json!(true))
+    );
 }
 
 fn put_user(c: &Controller, user: &str, body: Value) -> Value {
-    let (st, v) = c.call("PUT", &format!("/api/users/{user}/egress"), Some(&body.to_string()));
+    let (st, v) = c.call(
+        "PUT",
+        &format!("/api/users/{user}/egress"),
+        Some(&body.to_string()),
+    );
     assert_eq!(st, 200, "PUT user egress {body}: {v}");
     v
 }
 
 /// Lines of the test internet's log that mention `needle`, from now on.
 fn arrived(net: &TestInternet, needle: &str) -> Vec<String> {
-    net.lines().into_iter().filter(|l| l.contains(needle)).collect()
+    net.lines()
+        .into_iter()
+        .filter(|l| l.contains(needle))
+        .collect()
 }
 
 /// The domain allowlist as the guest sees it.
@@ -94,8 +108,14 @@ fn check_allowlist(net: &TestInternet, a: &Vm, when: &str) {
     let (code, out) = curl(a, "http://other.test/");
     assert_eq!(code, 6, "{when}: another name does not resolve: {out}");
     let (code, out) = curl(a, &format!("http://{}/", internet::OTHER_ADDR));
-    assert_ne!(code, 0, "{when}: its address dialled directly is refused: {out}");
-    let (code, out) = curl(a, &format!("-H 'Host: web.test' http://{}/", internet::OTHER_ADDR));
+    assert_ne!(
+        code, 0,
+        "{when}: its address dialled directly is refused: {out}"
+    );
+    let (code, out) = curl(
+        a,
+        &format!("-H 'Host: web.test' http://{}/", internet::OTHER_ADDR),
+    );
     assert_ne!(code, 0, "{when}: a forged Host is refused: {out}");
     assert!(
         arrived(net, "other.test from").is_empty(),
@@ -110,7 +130,13 @@ fn check_allowlist(net: &TestInternet, a: &Vm, when: &str) {
         "{when}: https://web.test did not arrive: {:?}",
         net.lines()
     );
-    let _ = curl(a, &format!("-k --resolve other.test:443:{} https://other.test/", internet::WEB_ADDR));
+    let _ = curl(
+        a,
+        &format!(
+            "-k --resolve other.test:443:{} https://other.test/",
+            internet::WEB_ADDR
+        ),
+    );
     assert_eq!(
         arrived(net, &format!("tcp {}:443", internet::WEB_ADDR)).len(),
         1,
@@ -146,14 +172,23 @@ fn egress_policy_identity_isolation_and_cleanup() {
     assert_ne!(a_addr, b_addr);
 
     // The guest's resolver is the gateway; IPv6 is off.
-    let (code, out) = sh(&a, "cat /etc/resolv.conf; test ! -e /proc/net/if_inet6 && echo no-ipv6");
+    let (code, out) = sh(
+        &a,
+        "cat /etc/resolv.conf; test ! -e /proc/net/if_inet6 && echo no-ipv6",
+    );
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("nameserver 169.254.0.21") && out.contains("no-ipv6"), "{out}");
+    assert!(
+        out.contains("nameserver 169.254.0.21") && out.contains("no-ipv6"),
+        "{out}"
+    );
 
     // A name of the test internet resolves (A only) and its page loads.
     let (code, out) = sh(&a, "getent ahosts web.test");
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains(internet::WEB_ADDR) && !out.contains("2001:db8"), "{out}");
+    assert!(
+        out.contains(internet::WEB_ADDR) && !out.contains("2001:db8"),
+        "{out}"
+    );
     let (code, out) = curl(&a, "http://web.test/hello");
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("web.test says hello"), "{out}");
@@ -169,12 +204,28 @@ fn egress_policy_identity_isolation_and_cleanup() {
         let v: Value = serde_json::from_slice(&out.stdout).unwrap();
         v[0]["stats64"]["rx"]["packets"].as_u64().unwrap()
     };
+    let host_drops = || -> u64 {
+        polydev_egress::nft::counters(
+            polydev_egress::nft::Target::Host,
+            "ip",
+            &format!("polydev_{tag}"),
+        )
+        .unwrap()
+        .get("dropped")
+        .map(|x| x.0)
+        .unwrap_or(0)
+    };
+    let drops0 = host_drops();
     let rx0 = b_rx();
     let (code, out) = curl(&a, &format!("http://{b_addr}:7070/health"));
     assert_ne!(code, 0, "VM → VM agent port: {out}");
     let (code, out) = sh(&a, &format!("ping -c 2 -W 2 {b_addr}"));
     assert_ne!(code, 0, "VM → VM ping: {out}");
     assert_eq!(b_rx(), rx0, "packets from VM a reached VM b's link");
+    assert!(
+        host_drops() > drops0,
+        "the host table did not drop VM → VM packets"
+    );
 
     // VM → the host: a port listening on every host address gets nothing.
     let host_l = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
@@ -199,12 +250,22 @@ fn egress_policy_identity_isolation_and_cleanup() {
     // Bad policies are named.
     for (bad, names) in [
         (json!({"denyCidrs": ["203.0.113.0/33"]}), "denyCidrs[0]"),
-        (json!({"allowDomains": ["ok.test", "no way"]}), "allowDomains[1]"),
+        (
+            json!({"allowDomains": ["ok.test", "no way"]}),
+            "allowDomains[1]",
+        ),
         (json!({"internet": "yes"}), "internet"),
     ] {
-        let (st, v) = c.call("PUT", &format!("/api/vms/{}/egress", a.id), Some(&bad.to_string()));
+        let (st, v) = c.call(
+            "PUT",
+            &format!("/api/vms/{}/egress", a.id),
+            Some(&bad.to_string()),
+        );
         assert_eq!(st, 422, "{bad}: {v}");
-        assert!(v["error"]["message"].as_str().unwrap().contains(names), "{v}");
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains(names),
+            "{v}"
+        );
     }
 
     // Internet off: no DNS, no TCP — on the running VM, at once.
@@ -214,7 +275,12 @@ fn egress_policy_identity_isolation_and_cleanup() {
     assert_eq!(code, 6, "no DNS with internet off: {out}");
     let (code, out) = curl(&a, &format!("http://{}/", internet::WEB_ADDR));
     assert_ne!(code, 0, "no TCP with internet off: {out}");
-    assert!(arrived(&net, &format!("from {a_addr}")).is_empty() && arrived(&net, "http web.test").is_empty(), "{:?}", net.lines());
+    assert!(
+        arrived(&net, &format!("from {a_addr}")).is_empty()
+            && arrived(&net, "http web.test").is_empty(),
+        "{:?}",
+        net.lines()
+    );
 
     // CIDR deny.
     put_policy(&c, &a.id, json!({"denyCidrs": [internet::WEB_ADDR]}));
@@ -227,7 +293,11 @@ fn egress_policy_identity_isolation_and_cleanup() {
     put_policy(&c, &a.id, json!({"allowDomains": ["web.test"]}));
     check_allowlist(&net, &a, "allowlist");
     let counters = egress(&c, &a.id)["counters"].clone();
-    assert!(counters["droppedPackets"].as_u64().unwrap() > 0 || counters["gateRefused"].as_u64().unwrap() > 0, "{counters}");
+    assert!(
+        counters["droppedPackets"].as_u64().unwrap() > 0
+            || counters["gateRefused"].as_u64().unwrap() > 0,
+        "{counters}"
+    );
 
     // Kept across hibernate and resume.
     let (st, v) = c.call("POST", &format!("/api/vms/{}/hibernate", a.id), None);
@@ -240,60 +310,130 @@ fn egress_policy_identity_isolation_and_cleanup() {
     c.kill();
     let orphan = format!("pe{tag}-999");
     let _ = std::process::Command::new("ip")
-        .args(["link", "add", &orphan, "type", "veth", "peer", "name", &format!("pe{tag}-o")])
+        .args([
+            "link",
+            "add",
+            &orphan,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &format!("pe{tag}-o"),
+        ])
         .status();
     c.spawn();
-    assert_eq!(egress(&c, &a.id)["policy"]["allowDomains"], json!(["web.test"]));
+    assert_eq!(
+        egress(&c, &a.id)["policy"]["allowDomains"],
+        json!(["web.test"])
+    );
     check_allowlist(&net, &a, "after a controller restart");
-    assert!(!polydev_net::veth::host_link_exists(&orphan), "orphan link {orphan} was not swept");
+    assert!(
+        !polydev_net::veth::host_link_exists(&orphan),
+        "orphan link {orphan} was not swept"
+    );
 
     // A user's proxy: all of bob's TCP goes through it; UDP stays in.
     put_policy(&c, &a.id, json!({}));
     net.clear();
-    let (code, _) = sh(&a, &format!("echo x > /dev/udp/{}/9999; sleep 1", internet::WEB_ADDR));
+    let (code, _) = sh(
+        &a,
+        &format!("echo x > /dev/udp/{}/9999; sleep 1", internet::WEB_ADDR),
+    );
     assert_eq!(code, 0);
-    assert_eq!(arrived(&net, "udp ").len(), 1, "UDP without a proxy: {:?}", net.lines());
-    let v = put_user(&c, "bob", json!({"proxy": format!("http://u:pw-never-shown@{}:3128", internet::PROXY_ADDR)}));
-    assert_eq!(v["proxy"], format!("http://u:***@{}:3128", internet::PROXY_ADDR));
+    assert_eq!(
+        arrived(&net, "udp ").len(),
+        1,
+        "UDP without a proxy: {:?}",
+        net.lines()
+    );
+    let v = put_user(
+        &c,
+        "bob",
+        json!({"proxy": format!("http://u:pw-never-shown@{}:3128", internet::PROXY_ADDR)}),
+    );
+    assert_eq!(
+        v["proxy"],
+        format!("http://u:***@{}:3128", internet::PROXY_ADDR)
+    );
     net.clear();
     let (code, out) = curl(&b, "http://web.test/via-proxy");
     assert_eq!(code, 0, "{out}");
-    assert!(!arrived(&net, "connect web.test:80").is_empty(), "the proxy did not see it: {:?}", net.lines());
     assert!(
-        !arrived(&net, &format!("from {} host web.test path /via-proxy", internet::PROXY_ADDR)).is_empty(),
+        !arrived(&net, "connect web.test:80").is_empty(),
+        "the proxy did not see it: {:?}",
+        net.lines()
+    );
+    // The page was fetched by the proxy (from inside the test internet),
+    // not by the VM through the uplink.
+    let fetched = arrived(&net, "path /via-proxy");
+    assert!(
+        fetched.len() == 1 && !fetched[0].contains("from 198.51.100."),
         "the page was not fetched by the proxy: {:?}",
         net.lines()
     );
-    let (code, _) = sh(&b, &format!("echo x > /dev/udp/{}/9999; sleep 1", internet::WEB_ADDR));
+    let (code, _) = sh(
+        &b,
+        &format!("echo x > /dev/udp/{}/9999; sleep 1", internet::WEB_ADDR),
+    );
     assert_eq!(code, 0);
-    assert!(arrived(&net, "udp ").is_empty(), "UDP left past the proxy: {:?}", net.lines());
-    assert!(!c.log().contains("pw-never-shown"), "the proxy password was logged");
+    assert!(
+        arrived(&net, "udp ").is_empty(),
+        "UDP left past the proxy: {:?}",
+        net.lines()
+    );
+    assert!(
+        !c.log().contains("pw-never-shown"),
+        "the proxy password was logged"
+    );
 
     // A proxy that refuses: named in the report and in a sign-in.
-    put_user(&c, "bob", json!({"proxy": format!("http://{}:3128", internet::DEAD_PROXY_ADDR)}));
+    put_user(
+        &c,
+        "bob",
+        json!({"proxy": format!("http://{}:3128", internet::DEAD_PROXY_ADDR)}),
+    );
     let (code, out) = curl(&b, "http://web.test/");
     assert_ne!(code, 0, "{out}");
-    let eb = egress(&c, &b.id);
-    let last = eb["counters"]["lastError"].as_str().unwrap_or_default();
-    assert!(last.contains(internet::DEAD_PROXY_ADDR), "{eb}");
-    let (st, v) = c.call("POST", "/api/auth/start", Some(r#"{"userId":"bob","provider":"codex"}"#));
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        let eb = egress(&c, &b.id);
+        let last = eb["counters"]["lastError"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        if last.contains(internet::DEAD_PROXY_ADDR) {
+            break;
+        }
+        assert!(Instant::now() < until, "the dead proxy is not named: {eb}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let (st, v) = c.call(
+        "POST",
+        "/api/auth/start",
+        Some(r#"{"userId":"bob","provider":"codex"}"#),
+    );
     if st == 200 {
         let sid = v["sessionId"].as_str().unwrap();
         let s = common::connect::wait_status(&c, sid, "failed", Duration::from_secs(60));
         let msg = s["errorMessage"].as_str().unwrap_or_default();
         assert!(msg.contains(internet::DEAD_PROXY_ADDR), "{s}");
-        assert!(s["browserVmId"].is_null(), "a VM was booted for a sign-in that cannot work: {s}");
+        assert!(
+            s["browserVmId"].is_null(),
+            "a VM was booted for a sign-in that cannot work: {s}"
+        );
     } else {
         eprintln!("sign-in check skipped (no browser image): {v}");
     }
 
     // Source addresses: two users, two pool addresses.
-    put_user(&c, "bob", json!({"proxy": null, "sourceAddress": "auto"}));
     let v = put_user(&c, "alice", json!({"sourceAddress": internet::POOL[0]}));
     assert_eq!(v["sourceAddress"], internet::POOL[0]);
-    let v = put_user(&c, "bob", json!({"sourceAddress": "auto"}));
+    // `auto`: the pool address fewest users hold, then the same one each time.
+    let v = put_user(&c, "bob", json!({"proxy": null, "sourceAddress": "auto"}));
     let bob_src = v["sourceAddress"].as_str().unwrap().to_string();
-    assert!(internet::POOL.contains(&bob_src.as_str()), "{v}");
+    assert_eq!(bob_src, internet::POOL[1], "{v}");
+    let v = put_user(&c, "bob", json!({"sourceAddress": "auto"}));
+    assert_eq!(v["sourceAddress"], bob_src.as_str(), "auto moved: {v}");
     net.clear();
     assert_eq!(curl(&a, "http://web.test/src-a").0, 0);
     assert_eq!(curl(&b, "http://web.test/src-b").0, 0);
@@ -306,7 +446,11 @@ fn egress_policy_identity_isolation_and_cleanup() {
     assert_eq!(sa, internet::POOL[0]);
     assert_eq!(sb, bob_src);
     assert_ne!(sa, sb, "two users left from one address");
-    let (st, v) = c.call("PUT", "/api/users/bob/egress", Some(r#"{"sourceAddress": "192.0.2.99"}"#));
+    let (st, v) = c.call(
+        "PUT",
+        "/api/users/bob/egress",
+        Some(r#"{"sourceAddress": "192.0.2.99"}"#),
+    );
     assert_eq!(st, 422, "{v}");
 
     // Destroy: no link, no source element, no namespace.
@@ -325,7 +469,11 @@ fn egress_policy_identity_isolation_and_cleanup() {
         !sources.to_string().contains("198.51.100.1"),
         "source elements left: {sources}"
     );
-    assert_eq!(net.leaked_packets(), 0, "VM packets reached the host's real uplink");
+    assert_eq!(
+        net.leaked_packets(),
+        0,
+        "VM packets reached the host's real uplink"
+    );
     drop(c);
 
     // A VMM that cannot start: its link and element are gone with it.
@@ -340,11 +488,17 @@ fn egress_policy_identity_isolation_and_cleanup() {
     let v = c2.wait_settled(&id, Duration::from_secs(120));
     assert_eq!(v["status"], "failed", "{v}");
     assert!(started.elapsed() < Duration::from_secs(120));
-    assert!(polydev_net::veth::list_host_links(&format!("pe{tag2}-")).is_empty(), "a link outlived a failed VM");
+    assert!(
+        polydev_net::veth::list_host_links(&format!("pe{tag2}-")).is_empty(),
+        "a link outlived a failed VM"
+    );
     let sources = polydev_egress::nft::list_json(
         polydev_egress::nft::Target::Host,
         &["map", "ip", &format!("polydev_{tag2}"), "source_map"],
     )
     .unwrap();
-    assert!(!sources.to_string().contains(internet::POOL[1]), "{sources}");
+    assert!(
+        !sources.to_string().contains(internet::POOL[1]),
+        "{sources}"
+    );
 }

@@ -46,15 +46,16 @@ fn sessions_take_a_warm_vm_from_the_pool() {
         "/api/auth/start",
         Some(r#"{"userId":"_pool","provider":"codex"}"#),
     );
-    assert_eq!((st, v["error"]["code"].as_str()), (422, Some("invalid_user_id")), "{v}");
+    assert_eq!(
+        (st, v["error"]["code"].as_str()),
+        (422, Some("invalid_user_id")),
+        "{v}"
+    );
 
     let warm = wait_pooled(&c, "a hibernated VM", |v| {
         v.iter().any(|x| x["status"] == "hibernated")
     });
-    let warm_id = warm
-        .iter()
-        .find(|x| x["status"] == "hibernated")
-        .unwrap()["vmId"]
+    let warm_id = warm.iter().find(|x| x["status"] == "hibernated").unwrap()["vmId"]
         .as_str()
         .unwrap()
         .to_string();
@@ -70,10 +71,16 @@ fn sessions_take_a_warm_vm_from_the_pool() {
     assert_eq!(st, 200, "{v}");
     let sid = v["sessionId"].as_str().unwrap().to_string();
     let s = wait_status(&c, &sid, "awaiting_user_auth", Duration::from_secs(600));
-    eprintln!("warm session: awaiting_user_auth after {:?}", started.elapsed());
+    eprintln!(
+        "warm session: awaiting_user_auth after {:?}",
+        started.elapsed()
+    );
     assert_eq!(s["browserVmId"].as_str(), Some(warm_id.as_str()), "{s}");
     let url = s["authUrl"].as_str().unwrap_or_default();
-    assert!(url.starts_with("https://auth.openai.com/oauth/authorize?"), "{url}");
+    assert!(
+        url.starts_with("https://auth.openai.com/oauth/authorize?"),
+        "{url}"
+    );
 
     let vm = c.vm(&warm_id);
     assert_eq!(vm["userId"], "warm-user", "{vm}");
@@ -81,14 +88,19 @@ fn sessions_take_a_warm_vm_from_the_pool() {
     let ns = vm["netns"].as_str().unwrap().to_string();
     // Resumed, not booted again.
     let console = std::fs::read_to_string(c.vm_dir(&warm_id).join("console.log")).unwrap();
-    assert_eq!(console.matches("Linux version").count(), 1, "the kernel booted twice");
+    assert_eq!(
+        console.matches("Linux version").count(),
+        1,
+        "the kernel booted twice"
+    );
     // The clock was set on resume.
     let token = token_of(&c, &warm_id);
     assert_guest_clock_near_host(&ns, &token, 10);
 
     // The pool makes a new VM for the next session.
     wait_pooled(&c, "a new VM", |v| {
-        v.iter().any(|x| x["vmId"] != warm_id.as_str() && x["status"] != "failed")
+        v.iter()
+            .any(|x| x["vmId"] != warm_id.as_str() && x["status"] != "failed")
     });
 
     let (st, v) = c.call("DELETE", &format!("/api/vm/auth/{sid}"), None);

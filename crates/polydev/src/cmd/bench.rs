@@ -273,7 +273,11 @@ async fn connect_figures(
     let warm = session_figures(rt, &warm_flow, n, provider, true).await;
     filler.abort();
     // The VM the pool made last is of no further use.
-    for v in rt.store().list_vms(Some(polydev_controller::pool::POOL_USER), false).await? {
+    for v in rt
+        .store()
+        .list_vms(Some(polydev_controller::pool::POOL_USER), false)
+        .await?
+    {
         let _ = rt.destroy(&v.vm_id).await;
     }
     let warm = warm?;

@@ -61,7 +61,9 @@ async fn dns_times(sock: &tokio::net::UdpSocket, to: std::net::SocketAddr, n: us
             continue;
         }
         let mut buf = [0u8; 2048];
-        if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(3), sock.recv_from(&mut buf)).await {
+        if let Ok(Ok(_)) =
+            tokio::time::timeout(Duration::from_secs(3), sock.recv_from(&mut buf)).await
+        {
             out.push(t.elapsed().as_secs_f64() * 1000.0);
         }
     }
@@ -76,25 +78,38 @@ pub async fn run(rt: &Arc<Runtime>, deadline: Duration, bytes: u64) -> anyhow::R
     settings.dns_upstream = Some(testnet::DNS_ADDR.into());
     let keyring = polydev_controller::load_keyring(rt.config())?;
     let tag = rt.config().host_tag();
-    let hub = polydev_controller::egress::EgressHub::start(&settings, &tag, rt.store().clone(), keyring).await?;
+    let hub =
+        polydev_controller::egress::EgressHub::start(&settings, &tag, rt.store().clone(), keyring)
+            .await?;
     rt.set_egress(hub.clone());
     let egress = hub.egress.clone();
-    println!("egress: uplink {} (the benchmark's own stand-in internet), DNS {}", net.uplink, testnet::DNS_ADDR);
+    println!(
+        "egress: uplink {} (the benchmark's own stand-in internet), DNS {}",
+        net.uplink,
+        testnet::DNS_ADDR
+    );
 
     let rec = super::bench::create_ready(rt, deadline).await?;
     let total = rec.ready_at.unwrap_or(0) - rec.created_at;
-    let setup = rt.store().get_vm(&rec.vm_id).await?.and_then(|r| r.egress_setup_ms);
+    let setup = rt
+        .store()
+        .get_vm(&rec.vm_id)
+        .await?
+        .and_then(|r| r.egress_setup_ms);
     println!(
         "  create-to-ready        {total} ms, of which egress set-up {} ms ({:.1} %)",
         setup.map(|s| s.to_string()).unwrap_or("?".into()),
-        setup.map(|s| s as f64 * 100.0 / total.max(1) as f64).unwrap_or(f64::NAN)
+        setup
+            .map(|s| s as f64 * 100.0 / total.max(1) as f64)
+            .unwrap_or(f64::NAN)
     );
 
     // Throughput: host → sink, then guest → sink, same bytes.
     let skip = net.lines().len();
     {
         use tokio::io::AsyncWriteExt;
-        let mut s = tokio::net::TcpStream::connect((testnet::SINK_ADDR, testnet::SINK_PORT)).await?;
+        let mut s =
+            tokio::net::TcpStream::connect((testnet::SINK_ADDR, testnet::SINK_PORT)).await?;
         let chunk = vec![0u8; 1 << 20];
         let mut left = bytes;
         while left > 0 {
@@ -129,7 +144,12 @@ pub async fn run(rt: &Arc<Runtime>, deadline: Duration, bytes: u64) -> anyhow::R
     let fwd = format!("{}:53", polydev_core::guest::HOST_ADDR).parse()?;
     let mut via = dns_times(&in_ns, fwd, n).await;
     let direct_sock = tokio::net::UdpSocket::bind("0.0.0.0:0").await?;
-    let mut direct = dns_times(&direct_sock, format!("{}:53", testnet::DNS_ADDR).parse()?, n).await;
+    let mut direct = dns_times(
+        &direct_sock,
+        format!("{}:53", testnet::DNS_ADDR).parse()?,
+        n,
+    )
+    .await;
     println!(
         "  DNS lookup             forwarder p50 {:.2} ms p99 {:.2} ms; upstream directly p50 {:.2} ms p99 {:.2} ms (n={n})",
         pct(&mut via, 0.5),
@@ -160,7 +180,11 @@ pub async fn run(rt: &Arc<Runtime>, deadline: Duration, bytes: u64) -> anyhow::R
             let addr = egress.config().link(rec.slot)?.ns_addr;
             for i in 0..20 {
                 let s = Instant::now();
-                let p = if i % 2 == 0 { Some("198.51.100.11".parse().unwrap()) } else { None };
+                let p = if i % 2 == 0 {
+                    Some("198.51.100.11".parse().unwrap())
+                } else {
+                    None
+                };
                 let host = egress.host().clone();
                 tokio::task::spawn_blocking(move || host.set_source(addr, p)).await??;
                 src.push(s.elapsed().as_secs_f64() * 1000.0);
@@ -186,8 +210,15 @@ pub async fn run(rt: &Arc<Runtime>, deadline: Duration, bytes: u64) -> anyhow::R
             let ns2 = ns.clone();
             tokio::task::spawn_blocking(move || polydev_net::setup_vm_network(&ns2)).await??;
             extra.push((format!("bench-extra-{i}"), ns.clone(), slot));
-            let vm = polydev_egress::VmNet { vm_id: format!("bench-extra-{i}"), netns: ns, slot };
-            let identity = polydev_egress::Identity { proxy: None, source: Some("198.51.100.12".parse()?) };
+            let vm = polydev_egress::VmNet {
+                vm_id: format!("bench-extra-{i}"),
+                netns: ns,
+                slot,
+            };
+            let identity = polydev_egress::Identity {
+                proxy: None,
+                source: Some("198.51.100.12".parse()?),
+            };
             egress.attach(&vm, &policies[1], identity).await?;
         }
         time_changes("50 VMs").await
