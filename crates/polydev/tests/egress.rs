@@ -240,6 +240,11 @@ fn egress_policy_identity_isolation_and_cleanup() {
         assert_ne!(code, 0, "VM → host {target}:{hp}: {out}");
     }
     assert!(host_l.accept().is_err(), "a VM reached the host's port");
+    // And the controller's own API port, on the host addresses a VM can name.
+    for target in [a_gw.as_str(), internet::UPLINK_ADDR] {
+        let (code, out) = curl(&a, &format!("http://{target}:{}/health", c.port));
+        assert_ne!(code, 0, "VM → controller at {target}:{}: {out}", c.port);
+    }
 
     // VM → an always-denied address behind the uplink: nothing arrives.
     net.clear();
