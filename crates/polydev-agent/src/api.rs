@@ -8,6 +8,7 @@
 //! |---|---|
 //! | `GET /health` | liveness, VM id, version, uptime |
 //! | `POST /exec` | run a command to completion ([`exec`](crate::exec)) |
+//! | `POST /procs`, `GET /procs/{id}`, `GET /procs/{id}/events?from=N`, `POST /procs/{id}/stdin`, `POST /procs/{id}/signal`, `DELETE /procs/{id}` | streamed processes ([`procs`](crate::procs)) |
 //! | `POST /files` | write a file atomically ([`files`](crate::files)) |
 //! | `POST /open-url` | record a URL and open it on the display ([`open_url`](crate::open_url)) |
 //! | `GET /oauth-url` | the active login's URL, else the last URL recorded |
@@ -29,7 +30,7 @@ use serde_json::json;
 use crate::login::{self, LoginConfig, LoginState};
 use crate::open_url::UrlState;
 use crate::webrtc::{self, StreamerConfig, WebrtcState};
-use crate::{auth, exec, files, uptime};
+use crate::{auth, exec, files, procs, uptime};
 
 /// Largest request body (a file to install, base64).
 pub const MAX_BODY: usize = 32 << 20;
@@ -47,6 +48,8 @@ pub struct AppState {
     pub login: Arc<LoginState>,
     /// The screen streamer (WebRTC live view).
     pub webrtc: Arc<WebrtcState>,
+    /// Streamed processes.
+    pub procs: Arc<procs::ProcTable>,
 }
 
 impl AppState {
@@ -58,6 +61,7 @@ impl AppState {
             urls: Arc::new(UrlState::default()),
             login: Arc::new(LoginState::new(LoginConfig::default())),
             webrtc: Arc::new(WebrtcState::default()),
+            procs: Arc::new(procs::ProcTable::default()),
         }
     }
 
@@ -143,6 +147,11 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/exec", post(exec_handler))
+        .route("/procs", post(proc_start))
+        .route("/procs/{id}", get(proc_status).delete(proc_delete))
+        .route("/procs/{id}/events", get(proc_events))
+        .route("/procs/{id}/stdin", post(proc_stdin))
+        .route("/procs/{id}/signal", post(proc_signal))
         .route("/files", post(files_handler))
         .route("/open-url", post(open_url_handler))
         .route("/oauth-url", get(oauth_url_handler))
@@ -189,6 +198,106 @@ async fn exec_handler(body: Bytes) -> Result<Json<exec::ExecResponse>, ApiError>
         Err(exec::ExecError::BadRequest(m)) => Err(ApiError::bad_request(m)),
         Err(exec::ExecError::Spawn(m)) => Err(ApiError::internal(m)),
     }
+}
+
+fn proc_error(e: procs::ProcError) -> ApiError {
+    match e {
+        procs::ProcError::BadRequest(m) => ApiError::bad_request(m),
+        procs::ProcError::NotFound(m) => ApiError::not_found(m),
+        procs::ProcError::TooMany => ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_processes",
+            format!("at most {} processes at once", procs::MAX_PROCS),
+        ),
+        procs::ProcError::Spawn(m) => ApiError::internal(m),
+    }
+}
+
+async fn proc_start(
+    State(state): State<AppState>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    let req: procs::StartRequest = parse_body(&body)?;
+    let (id, pid) = state.procs.start(req).await.map_err(proc_error)?;
+    Ok((StatusCode::CREATED, Json(json!({"procId": id, "pid": pid}))))
+}
+
+async fn proc_status(
+    State(state): State<AppState>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    state.procs.status(&id).map(Json).map_err(proc_error)
+}
+
+async fn proc_delete(
+    State(state): State<AppState>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    state.procs.remove(&id).map_err(proc_error)?;
+    Ok(Json(json!({"success": true})))
+}
+
+async fn proc_events(
+    State(state): State<AppState>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    uri: axum::http::Uri,
+) -> Result<Response, ApiError> {
+    let from = uri
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("from="))
+        .map(|v| {
+            v.parse::<u64>()
+                .map_err(|_| ApiError::bad_request(format!("from={v:?} is not an event number")))
+        })
+        .transpose()?
+        .unwrap_or(0);
+    let stream = state.procs.events(&id, from).map_err(proc_error)?;
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/x-ndjson")],
+        axum::body::Body::from_stream(stream),
+    )
+        .into_response())
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StdinRequest {
+    #[serde(default)]
+    data: String,
+    #[serde(default)]
+    close: bool,
+}
+
+async fn proc_stdin(
+    State(state): State<AppState>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    body: Bytes,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let req: StdinRequest = parse_body(&body)?;
+    state
+        .procs
+        .write_stdin(&id, req.data.as_bytes(), req.close)
+        .await
+        .map_err(proc_error)?;
+    Ok(Json(json!({"success": true})))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SignalRequest {
+    signal: String,
+}
+
+async fn proc_signal(
+    State(state): State<AppState>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    body: Bytes,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let req: SignalRequest = parse_body(&body)?;
+    state.procs.signal(&id, &req.signal).map_err(proc_error)?;
+    Ok(Json(json!({"success": true})))
 }
 
 async fn files_handler(body: Bytes) -> Result<Json<files::FileResponse>, ApiError> {

@@ -15,6 +15,7 @@ pub mod exec;
 pub mod files;
 pub mod login;
 pub mod open_url;
+pub mod procs;
 pub mod ready;
 pub mod uptime;
 pub mod users;
