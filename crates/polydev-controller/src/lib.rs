@@ -15,6 +15,7 @@ pub mod egress;
 pub mod error;
 pub mod live;
 pub mod pool;
+pub mod private;
 pub mod runtime;
 
 use axum::Router;
@@ -125,6 +126,15 @@ pub fn app(state: AppState) -> Router {
 /// Runs the controller until SIGINT or SIGTERM.
 pub async fn serve(cfg: Config, auth_cfg: auth_flow::AuthFlowConfig) -> anyhow::Result<()> {
     let listen = cfg.listen;
+    private::restrict_umask();
+    for d in [&cfg.data_dir, &cfg.cache_dir] {
+        if let Err(e) = private::private_dir(d) {
+            tracing::warn!(error = %e, "could not make a directory private");
+        }
+    }
+    for loose in private::loose_modes(&cfg.data_dir) {
+        tracing::warn!(what = %loose, "readable by other accounts: chmod go-rwx (polydev doctor lists them)");
+    }
     let rt = build_runtime(cfg).await?;
     let keyring = load_keyring(rt.config())?;
     tracing::info!(key_id = keyring.current_id(), "credential vault ready");

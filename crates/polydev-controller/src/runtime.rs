@@ -285,7 +285,8 @@ impl Runtime {
         }
         let vm_id = vm_id.to_string();
         let size = self.cfg.size(vm_type);
-        let dir = self.cfg.vms_dir().join(&vm_id);
+        let dir =
+            crate::private::child(&self.cfg.vms_dir(), &vm_id).map_err(RuntimeError::Conflict)?;
         let prefix = self.cfg.netns_prefix();
         let rec = self
             .store
@@ -446,7 +447,7 @@ impl Runtime {
     /// The user's persistent home disk (`<data-dir>/users/<user>/home.ext4`),
     /// made on first use. It outlives every VM of the user.
     fn home_disk_for(&self, user_id: &str) -> Result<PathBuf, String> {
-        let dir = self.cfg.data_dir.join("users").join(user_id);
+        let dir = crate::private::child(&self.cfg.data_dir.join("users"), user_id)?;
         let path = dir.join("home.ext4");
         if !path.exists() {
             std::fs::create_dir_all(&dir)

@@ -54,6 +54,12 @@ enum Command {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     cmd::common::init_logging();
+    // Everything that writes the data directory (database, disks, logs,
+    // snapshots) does so privately; image builds keep the default umask, as
+    // the guest's own files need their packaged modes.
+    if !matches!(cli.command, Command::Kernel { .. } | Command::Image { .. }) {
+        polydev_controller::private::restrict_umask();
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -68,6 +68,29 @@ fn vm_boots_agent_answers_and_destroy_leaves_nothing() {
     let tap = polydev_net::tap::info(&netns, "tap0").unwrap();
     assert!(tap.vnet_hdr && tap.is_tap, "{tap:?}");
 
+    // Nothing the controller keeps is readable by other accounts: the data
+    // directory, the database, the VM's directory, disks and console log
+    // (and the user's home disk, when the image has one).
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let vm_dir = c.vm_dir(&id);
+    let mut private = vec![
+        (c.data_dir().to_path_buf(), 0o700),
+        (c.data_dir().join("polydev.db"), 0o600),
+        (c.data_dir().join("vms"), 0o700),
+        (vm_dir.clone(), 0o700),
+        (vm_dir.join("state.ext4"), 0o600),
+        (vm_dir.join("console.log"), 0o600),
+        (vm_dir.join("agent.json"), 0o600),
+    ];
+    let home = c.data_dir().join("users/alice/home.ext4");
+    if home.exists() {
+        private.push((home, 0o600));
+    }
+    for (p, want) in private {
+        assert_eq!(mode(&p), want, "{} is {:o}", p.display(), mode(&p));
+    }
+
     // Listing shows it.
     let (_, list) = c.call("GET", "/api/vms?userId=alice", None);
     assert_eq!(list["vms"].as_array().unwrap().len(), 1);

@@ -87,6 +87,21 @@ pub async fn run(common: Common) -> anyhow::Result<()> {
         ),
         Err(e) => println!("store:         ERROR {e:#}"),
     }
+    let loose = polydev_controller::private::loose_modes(&cfg.data_dir);
+    if loose.is_empty() {
+        println!(
+            "file modes:    {} and below: private (0600 files, 0700 directories)",
+            cfg.data_dir.display()
+        );
+    } else {
+        println!(
+            "file modes:    FIX readable by other accounts (chmod -R go-rwx {}):",
+            cfg.data_dir.display()
+        );
+        for l in loose.iter().take(20) {
+            println!("  {l}");
+        }
+    }
     println!("egress:");
     match polydev_controller::egress::EgressSettings::from_env() {
         Err(e) => println!("  settings:    ERROR {e}"),
