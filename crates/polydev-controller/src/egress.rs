@@ -166,7 +166,7 @@ impl EgressSettings {
 }
 
 /// The vault label proxies are sealed under (with the user id).
-const PROXY_LABEL: &str = "egress_proxy";
+pub const PROXY_LABEL: &str = "egress_proxy";
 
 /// Egress as the runtime uses it: the host's [`Egress`], the store and the
 /// vault that opens users' proxies.

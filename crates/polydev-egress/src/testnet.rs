@@ -37,7 +37,7 @@ pub const DNS_ADDR: &str = "203.0.113.53";
 pub const WEB_ADDR: &str = "203.0.113.10";
 /// `other.test`: the same servers as `web.test`.
 pub const OTHER_ADDR: &str = "203.0.113.20";
-/// `proxy.test`: an HTTP CONNECT proxy on 3128.
+/// `proxy.test`: an HTTP CONNECT proxy on 3128, a SOCKS5 proxy on 1080.
 pub const PROXY_ADDR: &str = "203.0.113.30";
 /// Nothing listens here: a proxy that refuses.
 pub const DEAD_PROXY_ADDR: &str = "203.0.113.31";
@@ -334,6 +334,10 @@ async fn servers(log: Log) -> Result<Vec<tokio::task::JoinHandle<()>>, String> {
         .await
         .map_err(|x| e("proxy", x))?;
     tasks.push(tokio::spawn(connect_proxy(p, log.clone())));
+    let s5 = TcpListener::bind(bind(PROXY_ADDR, 1080))
+        .await
+        .map_err(|x| e("socks5", x))?;
+    tasks.push(tokio::spawn(socks5_proxy(s5, log.clone())));
     let k = TcpListener::bind(bind(SINK_ADDR, SINK_PORT))
         .await
         .map_err(|x| e("sink", x))?;
@@ -492,6 +496,93 @@ async fn udp_logger(u: tokio::net::UdpSocket, log: Log) {
         };
         let local = u.local_addr().map(|a| a.to_string()).unwrap_or_default();
         note(&log, format!("udp {local} from {}", from.ip()));
+    }
+}
+
+/// SOCKS5 (RFC 1928) CONNECT, without authentication or with a user name
+/// and password (RFC 1929, any accepted), names resolved in the `.test` zone.
+async fn socks5_proxy(l: tokio::net::TcpListener, log: Log) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    loop {
+        let Ok((mut s, peer)) = l.accept().await else {
+            continue;
+        };
+        let log = log.clone();
+        tokio::spawn(async move {
+            let mut h = [0u8; 2];
+            if s.read_exact(&mut h).await.is_err() || h[0] != 5 {
+                return;
+            }
+            let mut methods = vec![0u8; h[1] as usize];
+            if s.read_exact(&mut methods).await.is_err() {
+                return;
+            }
+            if methods.contains(&2) {
+                let _ = s.write_all(&[5, 2]).await;
+                let mut v = [0u8; 2];
+                if s.read_exact(&mut v).await.is_err() {
+                    return;
+                }
+                let mut user = vec![0u8; v[1] as usize];
+                let mut plen = [0u8; 1];
+                if s.read_exact(&mut user).await.is_err() || s.read_exact(&mut plen).await.is_err()
+                {
+                    return;
+                }
+                let mut pass = vec![0u8; plen[0] as usize];
+                if s.read_exact(&mut pass).await.is_err() {
+                    return;
+                }
+                let _ = s.write_all(&[1, 0]).await;
+            } else {
+                let _ = s.write_all(&[5, 0]).await;
+            }
+            let mut req = [0u8; 4];
+            if s.read_exact(&mut req).await.is_err() || req[1] != 1 {
+                return;
+            }
+            let host = match req[3] {
+                1 => {
+                    let mut a = [0u8; 4];
+                    if s.read_exact(&mut a).await.is_err() {
+                        return;
+                    }
+                    Ipv4Addr::from(a).to_string()
+                }
+                3 => {
+                    let mut n = [0u8; 1];
+                    if s.read_exact(&mut n).await.is_err() {
+                        return;
+                    }
+                    let mut name = vec![0u8; n[0] as usize];
+                    if s.read_exact(&mut name).await.is_err() {
+                        return;
+                    }
+                    String::from_utf8_lossy(&name).into_owned()
+                }
+                _ => return,
+            };
+            let mut port = [0u8; 2];
+            if s.read_exact(&mut port).await.is_err() {
+                return;
+            }
+            let port = u16::from_be_bytes(port);
+            note(&log, format!("socks5 {host}:{port} from {}", peer.ip()));
+            let ip = zone(&host).or_else(|| host.parse().ok());
+            let up = match ip {
+                Some(ip) => tokio::net::TcpStream::connect((ip, port)).await.ok(),
+                None => None,
+            };
+            match up {
+                Some(mut up) => {
+                    let _ = s.write_all(&[5, 0, 0, 1, 0, 0, 0, 0, 0, 0]).await;
+                    let _ = tokio::io::copy_bidirectional(&mut s, &mut up).await;
+                }
+                None => {
+                    let _ = s.write_all(&[5, 4, 0, 1, 0, 0, 0, 0, 0, 0]).await;
+                }
+            }
+        });
     }
 }
 

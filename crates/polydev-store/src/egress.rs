@@ -143,6 +143,32 @@ impl Store {
         Ok(())
     }
 
+    /// Replaces a user's sealed proxy if it is still sealed under
+    /// `old_key_id` (compare-and-set, for key rotation). Returns whether it
+    /// changed.
+    pub async fn reseal_user_proxy(
+        &self,
+        user_id: &str,
+        old_key_id: &str,
+        s: &SealedParts<'_>,
+    ) -> Result<bool> {
+        let r = sqlx::query(
+            "UPDATE user_egress SET proxy_data = $1, proxy_iv = $2, proxy_tag = $3, proxy_salt = $4, \
+             proxy_key_id = $5 WHERE user_id = $6 AND proxy_key_id = $7",
+        )
+        .bind(s.encrypted_data.to_vec())
+        .bind(s.iv.to_vec())
+        .bind(s.tag.to_vec())
+        .bind(s.salt.to_vec())
+        .bind(s.key_id)
+        .bind(user_id)
+        .bind(old_key_id)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| self.query_err(format!("reseal the egress proxy of {user_id:?}"), e))?;
+        Ok(r.rows_affected() == 1)
+    }
+
     /// A user's egress identity, if set.
     pub async fn get_user_egress(&self, user_id: &str) -> Result<Option<UserEgressRow>> {
         sqlx::query_as::<_, UserEgressRow>(&format!(

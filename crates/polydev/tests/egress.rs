@@ -391,6 +391,25 @@ fn egress_policy_identity_isolation_and_cleanup() {
         "the proxy password was logged"
     );
 
+    // The same through a SOCKS5 proxy, with a user name and password.
+    put_user(
+        &c,
+        "bob",
+        json!({"proxy": format!("socks5://u:pw-never-shown@{}:1080", internet::PROXY_ADDR)}),
+    );
+    net.clear();
+    let (code, out) = curl(&b, "http://web.test/via-socks");
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        !arrived(&net, "socks5 web.test:80").is_empty(),
+        "the SOCKS5 proxy did not see it: {:?}",
+        net.lines()
+    );
+    assert!(
+        !c.log().contains("pw-never-shown"),
+        "the proxy password was logged"
+    );
+
     // A proxy that refuses: named in the report and in a sign-in.
     put_user(
         &c,

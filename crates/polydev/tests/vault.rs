@@ -64,6 +64,24 @@ async fn rotate_reencrypts_every_row_and_plaintext_never_hits_the_database() {
             .await
             .unwrap();
     }
+    // A user's egress proxy is sealed the same way and rotates too.
+    let proxy = b"http://u:polydev-test-proxy-password@203.0.113.30:3128";
+    let s = ring_old.seal("carol", "egress_proxy", proxy);
+    let parts = polydev_store::SealedParts {
+        encrypted_data: &s.ciphertext,
+        iv: &s.iv,
+        tag: &s.tag,
+        salt: &s.salt,
+        key_id: &s.key_id,
+    };
+    store
+        .put_user_egress(
+            "carol",
+            Some(("http://u:***@203.0.113.30:3128", &parts)),
+            None,
+        )
+        .await
+        .unwrap();
     store.close().await;
 
     let rotate = |with_old: bool| {
@@ -95,6 +113,11 @@ async fn rotate_reencrypts_every_row_and_plaintext_never_hits_the_database() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("rotated 2"));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("rotated 1 egress"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let store = polydev_store::Store::sqlite_in(dir.path()).await.unwrap();
     let ring_new = Keyring::new(new.clone());
@@ -105,6 +128,23 @@ async fn rotate_reencrypts_every_row_and_plaintext_never_hits_the_database() {
             &secret[..]
         );
     }
+    let row = store.get_user_egress("carol").await.unwrap().unwrap();
+    let (c, iv, tag, salt, key) = row.proxy_sealed.unwrap();
+    assert_eq!(key, new.id());
+    let opened = ring_new
+        .open(
+            "carol",
+            "egress_proxy",
+            &Sealed {
+                ciphertext: c,
+                iv,
+                tag,
+                salt,
+                key_id: key,
+            },
+        )
+        .unwrap();
+    assert_eq!(&opened[..], &proxy[..]);
     store.close().await;
     // The plaintext appears nowhere in the database files.
     for e in std::fs::read_dir(dir.path()).unwrap().flatten() {

@@ -81,6 +81,41 @@ pub async fn run(c: VaultCommand) -> anyhow::Result<()> {
                 ring.current_id(),
                 rows.len()
             );
+            // Users' egress proxies are sealed the same way.
+            let label = polydev_controller::egress::PROXY_LABEL;
+            let (mut pdone, mut pcurrent, mut pall) = (0, 0, 0);
+            for r in store.list_user_egress().await? {
+                let Some((c, iv, tag, salt, key)) = &r.proxy_sealed else {
+                    continue;
+                };
+                pall += 1;
+                let sealed = Sealed {
+                    ciphertext: c.clone(),
+                    iv: iv.clone(),
+                    tag: tag.clone(),
+                    salt: salt.clone(),
+                    key_id: key.clone(),
+                };
+                match ring.reencrypt(&r.user_id, label, &sealed)? {
+                    None => pcurrent += 1,
+                    Some(n) => {
+                        let parts = polydev_store::SealedParts {
+                            encrypted_data: &n.ciphertext,
+                            iv: &n.iv,
+                            tag: &n.tag,
+                            salt: &n.salt,
+                            key_id: &n.key_id,
+                        };
+                        if store.reseal_user_proxy(&r.user_id, key, &parts).await? {
+                            pdone += 1;
+                        }
+                    }
+                }
+            }
+            eprintln!(
+                "rotated {pdone} egress prox(ies) to {}; {pcurrent} already under it; {pall} in all",
+                ring.current_id()
+            );
         }
         VaultCommand::Status { common } => {
             let store = polydev_controller::open_store(&common.config()).await?;
