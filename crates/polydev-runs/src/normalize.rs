@@ -1,0 +1,546 @@
+//! One event stream for the three CLIs. Each line a CLI prints on stdout
+//! becomes zero or more events of six kinds — `status`, `text`, `tool_use`,
+//! `tool_result`, `error`, `result` — each carrying the CLI's raw line
+//! (`raw`). The normalizer also keeps what a run's record needs: the
+//! conversation id, the final answer, errors and usage.
+//!
+//! What each CLI prints (pinned versions, see [`crate::command`]):
+//! - Claude Code (`stream-json --verbose`): `system/init` (session_id),
+//!   `assistant` (content blocks: `text`, `tool_use`), `user` (`tool_result`
+//!   blocks), `result` (`is_error`, `result`, `total_cost_usd` and `usage`,
+//!   cumulative over the conversation).
+//! - Codex (`exec --json`): `thread.started` (thread_id), `turn.started`,
+//!   `item.started|updated|completed` (`agent_message`, `command_execution`,
+//!   `reasoning`, …), `turn.completed` (usage, cumulative per thread),
+//!   `turn.failed`, `error`.
+//! - Gemini CLI (`stream-json`): `init` (session_id), `message` (assistant
+//!   text with `delta: true`), `tool_use`, `tool_result`, `error`, `result`
+//!   (`status`, `stats` for this run).
+
+use polydev_core::auth::Provider;
+use serde_json::{json, Value};
+
+/// Kinds of normalized events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// Progress: started, a turn began, a line that is not an event, ….
+    Status,
+    /// Answer text, in the order produced.
+    Text,
+    /// The CLI calls a tool (a shell command, an edit, …).
+    ToolUse,
+    /// A tool's output.
+    ToolResult,
+    /// Something failed.
+    Error,
+    /// The run's outcome.
+    Result,
+}
+
+impl Kind {
+    /// The event name (SSE `event:` field).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Status => "status",
+            Kind::Text => "text",
+            Kind::ToolUse => "tool_use",
+            Kind::ToolResult => "tool_result",
+            Kind::Error => "error",
+            Kind::Result => "result",
+        }
+    }
+}
+
+/// A normalized event: its kind and data (with the raw line under `raw`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    /// Kind.
+    pub kind: Kind,
+    /// Data, `raw` included.
+    pub data: Value,
+}
+
+/// Tokens and cost.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Usage {
+    /// Input tokens (cached ones included).
+    pub input_tokens: u64,
+    /// Output tokens.
+    pub output_tokens: u64,
+    /// Cost in US dollars, when the CLI says.
+    pub cost_usd: Option<f64>,
+}
+
+impl Usage {
+    fn minus(self, before: Usage) -> Usage {
+        // A smaller total means another conversation: this run's own figures.
+        if self.input_tokens < before.input_tokens || self.output_tokens < before.output_tokens {
+            return self;
+        }
+        Usage {
+            input_tokens: self.input_tokens - before.input_tokens,
+            output_tokens: self.output_tokens - before.output_tokens,
+            cost_usd: match (self.cost_usd, before.cost_usd) {
+                (Some(a), Some(b)) if a >= b => Some(a - b),
+                (a, _) => a,
+            },
+        }
+    }
+}
+
+/// What a run ended with.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Summary {
+    /// The CLI's conversation id (continue with it).
+    pub conversation_id: Option<String>,
+    /// The final answer.
+    pub answer: Option<String>,
+    /// This run's usage.
+    pub usage: Option<Usage>,
+    /// The conversation's totals as the CLI reported them (the next run's
+    /// `before`).
+    pub totals: Option<Usage>,
+    /// The CLI reported failure.
+    pub is_error: bool,
+    /// Its last error message.
+    pub error: Option<String>,
+}
+
+/// Turns one CLI's lines into events.
+#[derive(Debug, Clone)]
+pub struct Normalizer {
+    provider: Provider,
+    conversation_id: Option<String>,
+    answer: Option<String>,
+    gemini_text: String,
+    totals: Option<Usage>,
+    is_error: bool,
+    error: Option<String>,
+}
+
+fn ev(kind: Kind, mut data: Value, raw: &Value) -> Event {
+    data["raw"] = raw.clone();
+    Event { kind, data }
+}
+
+fn text_of(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Array(items) => items
+            .iter()
+            .filter_map(|i| i.get("text").and_then(|t| t.as_str()).map(str::to_string))
+            .collect::<Vec<_>>()
+            .join(""),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+fn u(v: &Value, k: &str) -> u64 {
+    v.get(k).and_then(|x| x.as_u64()).unwrap_or(0)
+}
+
+impl Normalizer {
+    /// A normalizer for `provider`'s output.
+    pub fn new(provider: Provider) -> Normalizer {
+        Normalizer {
+            provider,
+            conversation_id: None,
+            answer: None,
+            gemini_text: String::new(),
+            totals: None,
+            is_error: false,
+            error: None,
+        }
+    }
+
+    /// The events of one line of the CLI's stdout.
+    pub fn line(&mut self, line: &str) -> Vec<Event> {
+        let line = line.trim_end_matches(['\r', '\n']);
+        if line.trim().is_empty() {
+            return Vec::new();
+        }
+        let raw: Value = match serde_json::from_str(line) {
+            Ok(v @ Value::Object(_)) => v,
+            _ => {
+                let raw = Value::String(line.to_string());
+                return vec![ev(
+                    Kind::Status,
+                    json!({"phase": "output", "text": line}),
+                    &raw,
+                )];
+            }
+        };
+        match self.provider {
+            Provider::ClaudeCode => self.claude(&raw),
+            Provider::Codex => self.codex(&raw),
+            Provider::GeminiCli => self.gemini(&raw),
+        }
+    }
+
+    fn fail(&mut self, msg: String) {
+        self.is_error = true;
+        self.error = Some(msg);
+    }
+
+    fn claude(&mut self, raw: &Value) -> Vec<Event> {
+        let t = raw["type"].as_str().unwrap_or("");
+        if let Some(s) = raw["session_id"].as_str() {
+            self.conversation_id = Some(s.to_string());
+        }
+        match t {
+            "system" => vec![ev(
+                Kind::Status,
+                json!({"phase": raw["subtype"].as_str().unwrap_or("system"), "conversationId": self.conversation_id, "model": raw["model"]}),
+                raw,
+            )],
+            "assistant" | "user" => {
+                let mut out = Vec::new();
+                for b in raw["message"]["content"].as_array().into_iter().flatten() {
+                    match b["type"].as_str() {
+                        Some("text") => out.push(ev(Kind::Text, json!({"text": b["text"]}), raw)),
+                        Some("tool_use") => out.push(ev(
+                            Kind::ToolUse,
+                            json!({"id": b["id"], "name": b["name"], "input": b["input"]}),
+                            raw,
+                        )),
+                        Some("tool_result") => out.push(ev(
+                            Kind::ToolResult,
+                            json!({"id": b["tool_use_id"], "output": text_of(&b["content"]), "isError": b["is_error"].as_bool().unwrap_or(false)}),
+                            raw,
+                        )),
+                        _ => {}
+                    }
+                }
+                out
+            }
+            "result" => {
+                let usage = &raw["usage"];
+                let totals = Usage {
+                    input_tokens: u(usage, "input_tokens")
+                        + u(usage, "cache_creation_input_tokens")
+                        + u(usage, "cache_read_input_tokens"),
+                    output_tokens: u(usage, "output_tokens"),
+                    cost_usd: raw["total_cost_usd"].as_f64(),
+                };
+                self.totals = Some(totals);
+                if let Some(r) = raw["result"].as_str() {
+                    self.answer = Some(r.to_string());
+                }
+                let is_error = raw["is_error"].as_bool().unwrap_or(false);
+                if is_error {
+                    let msg = raw["result"]
+                        .as_str()
+                        .unwrap_or("the CLI reported an error")
+                        .to_string();
+                    self.fail(msg);
+                }
+                vec![ev(
+                    Kind::Result,
+                    json!({"isError": is_error, "answer": self.answer, "conversationId": self.conversation_id}),
+                    raw,
+                )]
+            }
+            _ => vec![ev(Kind::Status, json!({"phase": t}), raw)],
+        }
+    }
+
+    fn codex(&mut self, raw: &Value) -> Vec<Event> {
+        let t = raw["type"].as_str().unwrap_or("");
+        match t {
+            "thread.started" => {
+                self.conversation_id = raw["thread_id"].as_str().map(str::to_string);
+                vec![ev(
+                    Kind::Status,
+                    json!({"phase": "started", "conversationId": self.conversation_id}),
+                    raw,
+                )]
+            }
+            "item.started" | "item.updated" | "item.completed" => {
+                let item = &raw["item"];
+                let done = t == "item.completed";
+                match item["type"].as_str().unwrap_or("") {
+                    "agent_message" if done => {
+                        let text = item["text"].as_str().unwrap_or("").to_string();
+                        self.answer = Some(text.clone());
+                        vec![ev(Kind::Text, json!({"text": text}), raw)]
+                    }
+                    "command_execution" if t == "item.started" => vec![ev(
+                        Kind::ToolUse,
+                        json!({"id": item["id"], "name": "shell", "input": {"command": item["command"]}}),
+                        raw,
+                    )],
+                    "command_execution" if done => vec![ev(
+                        Kind::ToolResult,
+                        json!({"id": item["id"], "output": item["aggregated_output"], "exitCode": item["exit_code"], "isError": item["exit_code"].as_i64().is_some_and(|c| c != 0)}),
+                        raw,
+                    )],
+                    "error" => {
+                        let m = item["message"].as_str().unwrap_or("error").to_string();
+                        self.fail(m.clone());
+                        vec![ev(Kind::Error, json!({"message": m}), raw)]
+                    }
+                    other => vec![ev(Kind::Status, json!({"phase": t, "item": other}), raw)],
+                }
+            }
+            "turn.completed" => {
+                let usage = &raw["usage"];
+                self.totals = Some(Usage {
+                    input_tokens: u(usage, "input_tokens"),
+                    output_tokens: u(usage, "output_tokens"),
+                    cost_usd: None,
+                });
+                vec![ev(
+                    Kind::Result,
+                    json!({"isError": self.is_error, "answer": self.answer, "conversationId": self.conversation_id}),
+                    raw,
+                )]
+            }
+            "turn.failed" | "error" => {
+                let m = raw["error"]["message"]
+                    .as_str()
+                    .or_else(|| raw["message"].as_str())
+                    .unwrap_or("the CLI reported an error")
+                    .to_string();
+                self.fail(m.clone());
+                vec![ev(Kind::Error, json!({"message": m}), raw)]
+            }
+            _ => vec![ev(Kind::Status, json!({"phase": t}), raw)],
+        }
+    }
+
+    fn gemini(&mut self, raw: &Value) -> Vec<Event> {
+        let t = raw["type"].as_str().unwrap_or("");
+        match t {
+            "init" => {
+                self.conversation_id = raw["session_id"].as_str().map(str::to_string);
+                vec![ev(
+                    Kind::Status,
+                    json!({"phase": "started", "conversationId": self.conversation_id, "model": raw["model"]}),
+                    raw,
+                )]
+            }
+            "message" if raw["role"] == "assistant" => {
+                let text = text_of(&raw["content"]);
+                self.gemini_text.push_str(&text);
+                self.answer = Some(self.gemini_text.clone());
+                vec![ev(Kind::Text, json!({"text": text}), raw)]
+            }
+            "message" => vec![ev(
+                Kind::Status,
+                json!({"phase": "message", "role": raw["role"]}),
+                raw,
+            )],
+            "tool_use" => vec![ev(
+                Kind::ToolUse,
+                json!({"id": raw["tool_id"], "name": raw["tool_name"], "input": raw["parameters"]}),
+                raw,
+            )],
+            "tool_result" => vec![ev(
+                Kind::ToolResult,
+                json!({"id": raw["tool_id"], "output": text_of(&raw["output"]), "isError": raw["status"].as_str().is_some_and(|s| s != "success")}),
+                raw,
+            )],
+            "error" => {
+                let m = raw["message"]
+                    .as_str()
+                    .unwrap_or("the CLI reported an error")
+                    .to_string();
+                self.fail(m.clone());
+                vec![ev(Kind::Error, json!({"message": m}), raw)]
+            }
+            "result" => {
+                let st = &raw["stats"];
+                self.totals = Some(Usage {
+                    input_tokens: u(st, "input_tokens"),
+                    output_tokens: u(st, "output_tokens"),
+                    cost_usd: None,
+                });
+                let ok = raw["status"].as_str() == Some("success");
+                if !ok {
+                    let m = raw["error"]["message"]
+                        .as_str()
+                        .unwrap_or("the run did not succeed")
+                        .to_string();
+                    self.fail(m);
+                }
+                vec![ev(
+                    Kind::Result,
+                    json!({"isError": !ok, "answer": self.answer, "conversationId": self.conversation_id}),
+                    raw,
+                )]
+            }
+            _ => vec![ev(Kind::Status, json!({"phase": t}), raw)],
+        }
+    }
+
+    /// The run's summary; `before` is the conversation's totals after the
+    /// previous run (Claude's and Codex's figures are cumulative over a
+    /// conversation; Gemini's are per run).
+    pub fn summary(&self, before: Option<Usage>) -> Summary {
+        let usage = self.totals.map(|t| match (self.provider, before) {
+            (Provider::GeminiCli, _) | (_, None) => t,
+            (_, Some(b)) => t.minus(b),
+        });
+        Summary {
+            conversation_id: self.conversation_id.clone(),
+            answer: self.answer.clone(),
+            usage,
+            totals: self.totals,
+            is_error: self.is_error,
+            error: self.error.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(p: Provider, lines: &[&str]) -> (Vec<Event>, Normalizer) {
+        let mut n = Normalizer::new(p);
+        let evs = lines.iter().flat_map(|l| n.line(l)).collect();
+        (evs, n)
+    }
+
+    fn kinds(e: &[Event]) -> Vec<&'static str> {
+        e.iter().map(|e| e.kind.as_str()).collect()
+    }
+
+    #[test]
+    fn claude_stream_json() {
+        let (e, n) = run(
+            Provider::ClaudeCode,
+            &[
+                r#"{"type":"system","subtype":"init","session_id":"s-1","model":"claude-x","tools":["Bash"]}"#,
+                r#"{"type":"assistant","message":{"content":[{"type":"text","text":"Let me look."},{"type":"tool_use","id":"toolu_1","name":"Bash","input":{"command":"ls"}}]},"session_id":"s-1"}"#,
+                r#"{"type":"user","message":{"content":[{"type":"tool_result","tool_use_id":"toolu_1","content":"a.txt\n","is_error":false}]},"session_id":"s-1"}"#,
+                r#"{"type":"assistant","message":{"content":[{"type":"text","text":"One file."}]},"session_id":"s-1"}"#,
+                r#"{"type":"result","subtype":"success","is_error":false,"result":"One file.","total_cost_usd":0.03,"usage":{"input_tokens":100,"cache_read_input_tokens":20,"output_tokens":30},"session_id":"s-1"}"#,
+            ],
+        );
+        assert_eq!(
+            kinds(&e),
+            [
+                "status",
+                "text",
+                "tool_use",
+                "tool_result",
+                "text",
+                "result"
+            ]
+        );
+        assert_eq!(e[2].data["input"]["command"], "ls");
+        assert_eq!(e[3].data["output"], "a.txt\n");
+        assert_eq!(e[1].data["raw"]["type"], "assistant");
+        let s = n.summary(Some(Usage {
+            input_tokens: 50,
+            output_tokens: 10,
+            cost_usd: Some(0.01),
+        }));
+        assert_eq!(s.conversation_id.as_deref(), Some("s-1"));
+        assert_eq!(s.answer.as_deref(), Some("One file."));
+        let u = s.usage.unwrap();
+        assert_eq!((u.input_tokens, u.output_tokens), (70, 20));
+        assert!((u.cost_usd.unwrap() - 0.02).abs() < 1e-9);
+        assert!(!s.is_error);
+    }
+
+    #[test]
+    fn claude_offline_failure() {
+        let (_, n) = run(
+            Provider::ClaudeCode,
+            &[
+                r#"{"type":"result","subtype":"success","is_error":true,"result":"API Error: Connection error.","total_cost_usd":0,"usage":{},"session_id":"s-2"}"#,
+            ],
+        );
+        let s = n.summary(None);
+        assert!(s.is_error && s.error.unwrap().contains("Connection error"));
+    }
+
+    #[test]
+    fn codex_exec_json() {
+        let (e, n) = run(
+            Provider::Codex,
+            &[
+                r#"{"type":"thread.started","thread_id":"th-1"}"#,
+                r#"{"type":"turn.started"}"#,
+                r#"{"type":"item.started","item":{"id":"item_0","type":"command_execution","command":"bash -lc ls","aggregated_output":"","exit_code":null,"status":"in_progress"}}"#,
+                r#"{"type":"item.completed","item":{"id":"item_0","type":"command_execution","command":"bash -lc ls","aggregated_output":"a.txt\n","exit_code":0,"status":"completed"}}"#,
+                r#"{"type":"item.completed","item":{"id":"item_1","type":"agent_message","text":"One file."}}"#,
+                r#"{"type":"turn.completed","usage":{"input_tokens":900,"cached_input_tokens":100,"output_tokens":40}}"#,
+                "warning: not json",
+            ],
+        );
+        assert_eq!(
+            kinds(&e),
+            [
+                "status",
+                "status",
+                "tool_use",
+                "tool_result",
+                "text",
+                "result",
+                "status"
+            ]
+        );
+        let s = n.summary(Some(Usage {
+            input_tokens: 400,
+            output_tokens: 15,
+            cost_usd: None,
+        }));
+        assert_eq!(s.conversation_id.as_deref(), Some("th-1"));
+        assert_eq!(s.usage.unwrap().input_tokens, 500);
+        assert_eq!(s.usage.unwrap().output_tokens, 25);
+        assert_eq!(s.totals.unwrap().input_tokens, 900);
+        let (e, n) = run(
+            Provider::Codex,
+            &[r#"{"type":"turn.failed","error":{"message":"unexpected status 401 Unauthorized"}}"#],
+        );
+        assert_eq!(kinds(&e), ["error"]);
+        assert!(n.summary(None).error.unwrap().contains("401"));
+    }
+
+    #[test]
+    fn gemini_stream_json() {
+        let (e, n) = run(
+            Provider::GeminiCli,
+            &[
+                r#"{"type":"init","timestamp":"t","session_id":"g-1","model":"gemini-x"}"#,
+                r#"{"type":"message","role":"user","content":"list"}"#,
+                r#"{"type":"message","role":"assistant","content":"Let me ","delta":true}"#,
+                r#"{"type":"tool_use","tool_name":"run_shell_command","tool_id":"t1","parameters":{"command":"ls"}}"#,
+                r#"{"type":"tool_result","tool_id":"t1","status":"success","output":"a.txt"}"#,
+                r#"{"type":"message","role":"assistant","content":"see: a.txt","delta":true}"#,
+                r#"{"type":"result","status":"success","stats":{"total_tokens":60,"input_tokens":50,"output_tokens":10,"duration_ms":5,"tool_calls":1}}"#,
+            ],
+        );
+        assert_eq!(
+            kinds(&e),
+            [
+                "status",
+                "status",
+                "text",
+                "tool_use",
+                "tool_result",
+                "text",
+                "result"
+            ]
+        );
+        let s = n.summary(Some(Usage {
+            input_tokens: 1000,
+            output_tokens: 1000,
+            cost_usd: None,
+        }));
+        assert_eq!(s.answer.as_deref(), Some("Let me see: a.txt"));
+        assert_eq!(
+            s.usage.unwrap().input_tokens,
+            50,
+            "Gemini's figures are per run"
+        );
+        assert_eq!(s.conversation_id.as_deref(), Some("g-1"));
+    }
+}
