@@ -44,6 +44,34 @@ pub fn hash(secret: &str) -> String {
     hex::encode(sha2::Sha256::digest(secret.as_bytes()))
 }
 
+/// How often a key's `last_used_at` is written: a write per request made
+/// authenticated reads a quarter as fast as `/health`.
+pub const TOUCH_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Whether this process should record a use of `key_id` now (at most once
+/// per [`TOUCH_EVERY`]).
+fn touch_due(key_id: &str) -> bool {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    use std::time::Instant;
+    static LAST: OnceLock<Mutex<HashMap<String, Instant>>> = OnceLock::new();
+    let mut m = LAST
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let now = Instant::now();
+    match m.get(key_id) {
+        Some(t) if now.duration_since(*t) < TOUCH_EVERY => false,
+        _ => {
+            if m.len() > 10_000 {
+                m.retain(|_, t| now.duration_since(*t) < TOUCH_EVERY);
+            }
+            m.insert(key_id.to_string(), now);
+            true
+        }
+    }
+}
+
 /// The authenticated caller, available to handlers as an extension.
 #[derive(Debug, Clone)]
 pub struct Caller {
@@ -76,7 +104,9 @@ pub async fn require_api_key(
         .find_api_key_by_hash(&hash(key))
         .await?
         .ok_or_else(|| unauthorized("unknown or revoked API key"))?;
-    let _ = state.runtime.store().touch_api_key(&found.key_id).await;
+    if touch_due(&found.key_id) {
+        let _ = state.runtime.store().touch_api_key(&found.key_id).await;
+    }
     req.extensions_mut().insert(Caller {
         key_id: found.key_id,
     });
@@ -93,5 +123,12 @@ mod tests {
         assert!(a.secret.starts_with(super::KEY_PREFIX));
         assert_eq!(super::hash(&a.secret), a.hash);
         assert!(!a.hash.contains(&a.secret[4..]));
+    }
+
+    #[test]
+    fn a_key_is_touched_once_a_minute() {
+        assert!(super::touch_due("key_t1"));
+        assert!(!super::touch_due("key_t1"));
+        assert!(super::touch_due("key_t2"));
     }
 }

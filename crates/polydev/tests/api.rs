@@ -70,6 +70,26 @@ fn every_api_route_needs_a_valid_key() {
         .unwrap()
         .to_string();
     assert_eq!(c.call("GET", "/api/vms", None).0, 200);
+    // Its use is recorded, but not at every request (once a minute).
+    let last_used = || {
+        tokio::runtime::Runtime::new().unwrap().block_on(async {
+            let store = polydev_store::Store::sqlite_in(c.data_dir()).await.unwrap();
+            let k = store.list_api_keys().await.unwrap();
+            store.close().await;
+            k[0].last_used_at
+        })
+    };
+    let first = last_used();
+    assert!(first.is_some(), "the key's use was not recorded");
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    for _ in 0..5 {
+        assert_eq!(c.call("GET", "/api/vms", None).0, 200);
+    }
+    assert_eq!(
+        last_used(),
+        first,
+        "last_used_at was written again within the minute"
+    );
     c.cli(&["apikey", "revoke", &id]);
     assert_eq!(c.call("GET", "/api/vms", None).0, 401);
 }
