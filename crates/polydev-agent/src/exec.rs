@@ -103,44 +103,55 @@ async fn read_bounded(mut r: impl AsyncRead + Unpin, max: usize) -> (Vec<u8>, bo
     (kept, truncated)
 }
 
-fn validate(req: &ExecRequest) -> Result<(), ExecError> {
-    let bad = |m: String| Err(ExecError::BadRequest(m));
-    if req.argv.is_empty() || req.argv[0].is_empty() {
-        return bad("argv must name a program".into());
+/// Checks what `/exec` and `/procs` both take: a program, plain
+/// environment names and values, an absolute working directory, a time
+/// limit within bounds.
+pub(crate) fn check_launch(
+    argv: &[String],
+    env: &BTreeMap<String, String>,
+    cwd: Option<&str>,
+    timeout_ms: Option<u64>,
+) -> Result<(), String> {
+    if argv.is_empty() || argv[0].is_empty() {
+        return Err("argv must name a program".into());
     }
-    if req.argv.iter().any(|a| a.contains('\0')) {
-        return bad("argv must not contain NUL bytes".into());
+    if argv.iter().any(|a| a.contains('\0')) {
+        return Err("argv must not contain NUL bytes".into());
     }
-    for (k, v) in &req.env {
+    for (k, v) in env {
         if k.is_empty() || k.contains(['=', '\0']) || v.contains('\0') {
-            return bad(format!(
+            return Err(format!(
                 "invalid environment variable name or value for {k:?}"
             ));
         }
     }
-    if let Some(cwd) = &req.cwd {
+    if let Some(cwd) = cwd {
         if !cwd.starts_with('/') {
-            return bad(format!("cwd {cwd:?} must be an absolute path"));
+            return Err(format!("cwd {cwd:?} must be an absolute path"));
         }
     }
-    if matches!(req.timeout_ms, Some(t) if t == 0 || t > MAX_TIMEOUT_MS) {
-        return bad(format!("timeoutMs must be between 1 and {MAX_TIMEOUT_MS}"));
-    }
-    if matches!(req.max_output_bytes, Some(m) if m > MAX_OUTPUT_LIMIT) {
-        return bad(format!("maxOutputBytes must be at most {MAX_OUTPUT_LIMIT}"));
+    if matches!(timeout_ms, Some(t) if t == 0 || t > MAX_TIMEOUT_MS) {
+        return Err(format!("timeoutMs must be between 1 and {MAX_TIMEOUT_MS}"));
     }
     Ok(())
 }
 
-/// Runs the command described by `req`.
-pub async fn run(req: ExecRequest) -> Result<ExecResponse, ExecError> {
-    validate(&req)?;
-    let user = match &req.user {
-        Some(name) => Some(users::lookup(name).map_err(ExecError::BadRequest)?),
+/// The command for `argv`, as `user` (default: the agent's) in `cwd`
+/// (default: the user's home), with a clean environment (`PATH`, `HOME`,
+/// `USER`, `LOGNAME`, `SHELL`, `LANG`) plus `env`. Returns it and its
+/// working directory.
+pub(crate) fn command(
+    argv: &[String],
+    env: &BTreeMap<String, String>,
+    cwd: Option<&str>,
+    user: Option<&str>,
+) -> Result<(tokio::process::Command, String), String> {
+    let user = match user {
+        Some(name) => Some(users::lookup(name)?),
         None => None,
     };
-    let mut cmd = tokio::process::Command::new(&req.argv[0]);
-    cmd.args(&req.argv[1..]).env_clear().env("PATH", PATH);
+    let mut cmd = tokio::process::Command::new(&argv[0]);
+    cmd.args(&argv[1..]).env_clear().env("PATH", PATH);
     cmd.env("LANG", "C.UTF-8");
     let home = match &user {
         Some(u) => {
@@ -153,9 +164,28 @@ pub async fn run(req: ExecRequest) -> Result<ExecResponse, ExecError> {
         None => std::env::var("HOME").unwrap_or_else(|_| "/root".into()),
     };
     cmd.env("HOME", &home);
-    cmd.envs(&req.env);
-    let cwd = req.cwd.clone().unwrap_or(home);
+    cmd.envs(env);
+    let cwd = cwd.map(str::to_string).unwrap_or(home);
     cmd.current_dir(&cwd);
+    Ok((cmd, cwd))
+}
+
+fn validate(req: &ExecRequest) -> Result<(), ExecError> {
+    check_launch(&req.argv, &req.env, req.cwd.as_deref(), req.timeout_ms)
+        .map_err(ExecError::BadRequest)?;
+    if matches!(req.max_output_bytes, Some(m) if m > MAX_OUTPUT_LIMIT) {
+        return Err(ExecError::BadRequest(format!(
+            "maxOutputBytes must be at most {MAX_OUTPUT_LIMIT}"
+        )));
+    }
+    Ok(())
+}
+
+/// Runs the command described by `req`.
+pub async fn run(req: ExecRequest) -> Result<ExecResponse, ExecError> {
+    validate(&req)?;
+    let (mut cmd, cwd) = command(&req.argv, &req.env, req.cwd.as_deref(), req.user.as_deref())
+        .map_err(ExecError::BadRequest)?;
     cmd.process_group(0)
         .kill_on_drop(true)
         .stdin(if req.stdin.is_some() {

@@ -28,8 +28,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::ChildStdin;
 use tokio::sync::watch;
 
-use crate::exec::{DEFAULT_TIMEOUT_MS, MAX_TIMEOUT_MS, PATH};
-use crate::users;
+use crate::exec::DEFAULT_TIMEOUT_MS;
 
 /// Output kept per process (older events are dropped first).
 pub const MAX_KEPT_BYTES: usize = 8 << 20;
@@ -271,28 +270,12 @@ async fn pump(p: Arc<Proc>, mut r: impl AsyncRead + Unpin, kind: &'static str) {
 impl ProcTable {
     /// Starts a process; returns its id and pid.
     pub async fn start(self: &Arc<Self>, req: StartRequest) -> Result<(String, u32), ProcError> {
-        let bad = |m: String| Err(ProcError::BadRequest(m));
-        if req.argv.is_empty()
-            || req.argv[0].is_empty()
-            || req.argv.iter().any(|a| a.contains('\0'))
-        {
-            return bad("argv must name a program, without NUL bytes".into());
-        }
-        if req
-            .env
-            .iter()
-            .any(|(k, v)| k.is_empty() || k.contains(['=', '\0']) || v.contains('\0'))
-        {
-            return bad("invalid environment variable name or value".into());
-        }
-        if matches!(&req.cwd, Some(c) if !c.starts_with('/')) {
-            return bad("cwd must be an absolute path".into());
-        }
-        if matches!(req.timeout_ms, Some(t) if t == 0 || t > MAX_TIMEOUT_MS) {
-            return bad(format!("timeoutMs must be between 1 and {MAX_TIMEOUT_MS}"));
-        }
+        crate::exec::check_launch(&req.argv, &req.env, req.cwd.as_deref(), req.timeout_ms)
+            .map_err(ProcError::BadRequest)?;
         if req.stdin.is_some() && req.stdin_open {
-            return bad("give stdin text or stdinOpen, not both".into());
+            return Err(ProcError::BadRequest(
+                "give stdin text or stdinOpen, not both".into(),
+            ));
         }
         {
             let mut g = self.procs.lock().unwrap_or_else(|e| e.into_inner());
@@ -319,28 +302,9 @@ impl ProcTable {
                 }
             }
         }
-        let user = match &req.user {
-            Some(name) => Some(users::lookup(name).map_err(ProcError::BadRequest)?),
-            None => None,
-        };
-        let mut cmd = tokio::process::Command::new(&req.argv[0]);
-        cmd.args(&req.argv[1..])
-            .env_clear()
-            .env("PATH", PATH)
-            .env("LANG", "C.UTF-8");
-        let home = match &user {
-            Some(u) => {
-                cmd.uid(u.uid).gid(u.gid);
-                cmd.env("USER", &u.name)
-                    .env("LOGNAME", &u.name)
-                    .env("SHELL", &u.shell);
-                u.home.clone()
-            }
-            None => std::env::var("HOME").unwrap_or_else(|_| "/root".into()),
-        };
-        cmd.env("HOME", &home).envs(&req.env);
-        let cwd = req.cwd.clone().unwrap_or(home);
-        cmd.current_dir(&cwd);
+        let (mut cmd, cwd) =
+            crate::exec::command(&req.argv, &req.env, req.cwd.as_deref(), req.user.as_deref())
+                .map_err(ProcError::BadRequest)?;
         // SAFETY: setsid(2) and prctl(2) in the child before exec: both
         // async-signal-safe, no allocation. The child leads a new session
         // and group, and is the subreaper of everything it starts (kept
