@@ -823,26 +823,13 @@ impl Runtime {
     /// Stops the VMM and removes the namespace, TAP and files (all but the
     /// console and VMM logs when `keep_logs`), then frees the slot.
     async fn reclaim(&self, rec: &VmRecord, keep_logs: bool) -> Result<(), String> {
-        let pid = self
-            .store
-            .get_vm(&rec.vm_id)
-            .await
-            .ok()
-            .flatten()
-            .and_then(|r| r.vmm_pid)
-            .or(rec.vmm_pid);
+        let now = self.store.get_vm(&rec.vm_id).await.ok().flatten();
+        let pid = now.as_ref().and_then(|r| r.vmm_pid).or(rec.vmm_pid);
+        let slot_held = !now.map(|r| r.slot_released).unwrap_or(rec.slot_released);
         let dir = PathBuf::from(&rec.dir);
         let netns = rec.netns.clone();
         let marker = rec.dir.clone();
         let spec = self.spec_of(rec).ok();
-        let slot_held = !self
-            .store
-            .get_vm(&rec.vm_id)
-            .await
-            .ok()
-            .flatten()
-            .map(|r| r.slot_released)
-            .unwrap_or(rec.slot_released);
         if slot_held {
             // Before the namespace goes: the DNS and gate sockets hold it.
             self.detach_egress(rec).await?;
@@ -1020,17 +1007,6 @@ impl Runtime {
             }
         }
         report.orphans = self.sweep_orphans().await?;
-        if let Some(h) = self.egress() {
-            let owned: Vec<i64> = self
-                .store
-                .list_live_vms()
-                .await?
-                .iter()
-                .filter(|r| !r.slot_released)
-                .map(|r| r.slot)
-                .collect();
-            report.orphans.extend(h.egress.sweep(&owned).await);
-        }
         Ok(report)
     }
 
@@ -1054,8 +1030,20 @@ impl Runtime {
             .filter(|r| r.status != VmStatus::Destroyed)
             .map(|r| r.dir.clone())
             .collect();
+        // Host links and source elements of slots no VM holds.
+        let egress_orphans = match self.egress() {
+            Some(h) => {
+                let owned: Vec<i64> = live
+                    .iter()
+                    .filter(|r| !r.slot_released)
+                    .map(|r| r.slot)
+                    .collect();
+                h.egress.sweep(&owned).await
+            }
+            None => Vec::new(),
+        };
         tokio::task::spawn_blocking(move || {
-            let mut removed = Vec::new();
+            let mut removed = egress_orphans;
             let marker = format!("{}/", vms_dir.display());
             for pid in process::find_by_marker(&marker) {
                 let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();

@@ -237,7 +237,7 @@ pub async fn serve(vm: Arc<VmState>, upstreams: Arc<Upstreams>, udp: UdpSocket, 
             }
         })
     };
-    let _abort = AbortOnDrop(tcp_task);
+    let _abort = crate::AbortOnDrop(tcp_task);
     let mut buf = vec![0u8; 4096];
     loop {
         let Ok((n, from)) = udp.recv_from(&mut buf).await else {
@@ -272,13 +272,4 @@ fn edns_size(q: &[u8]) -> usize {
         .and_then(|m| m.edns.map(|e| e.max_payload() as usize))
         .unwrap_or(512)
         .max(512)
-}
-
-/// Aborts a task when dropped.
-pub(crate) struct AbortOnDrop(pub tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }

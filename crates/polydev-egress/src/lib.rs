@@ -107,6 +107,15 @@ impl EgressConfig {
     }
 }
 
+/// A VM's service task (DNS, gate), stopped when its VM is detached.
+pub(crate) struct AbortOnDrop(pub tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// A user's egress identity, as the controller holds it (proxy opened).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Identity {
@@ -131,7 +140,7 @@ struct Attached {
     state: Arc<VmState>,
     slot: i64,
     identity: Identity,
-    _tasks: Vec<dns::AbortOnDrop>,
+    _tasks: Vec<AbortOnDrop>,
 }
 
 /// What `GET /api/vms/:id/egress` reports besides the policy.
@@ -313,13 +322,13 @@ impl Egress {
                 .map_err(|e| EgressError::Nft(e.to_string()))??;
         }
         let tasks = vec![
-            dns::AbortOnDrop(tokio::spawn(dns::serve(
+            AbortOnDrop(tokio::spawn(dns::serve(
                 state.clone(),
                 self.upstreams.clone(),
                 udp,
                 tcp,
             ))),
-            dns::AbortOnDrop(tokio::spawn(gate::serve(state.clone(), gate))),
+            AbortOnDrop(tokio::spawn(gate::serve(state.clone(), gate))),
         ];
         self.vms.lock().unwrap_or_else(|e| e.into_inner()).insert(
             vm.vm_id.clone(),

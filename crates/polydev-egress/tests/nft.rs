@@ -7,6 +7,7 @@ use polydev_egress::host::HostFirewall;
 use polydev_egress::nft::{self, Target};
 use polydev_egress::policy::Policy;
 use polydev_egress::vmtable::{self, VmRules};
+use std::net::Ipv4Addr;
 use std::process::Command;
 use std::time::Duration;
 
@@ -20,7 +21,7 @@ impl Ns {
             return None;
         }
         let name = format!("pdt{tag}-{}", std::process::id() % 100000);
-        let _ = Command::new("ip").args(["netns", "del", &name]).status();
+        let _ = Command::new("ip").args(["netns", "del", &name]).output();
         assert!(Command::new("ip")
             .args(["netns", "add", &name])
             .status()
@@ -45,6 +46,14 @@ fn policy(json: &str) -> polydev_egress::policy::Compiled {
 #[test]
 fn vm_table_loads_updates_and_keeps_state() {
     let Some(ns) = Ns::new("vt") else { return };
+    let learned = || {
+        nft::run(
+            Target::Netns(&ns.0),
+            &["list", "set", "ip", "polydev_vm", "dns_allowed"],
+            None,
+        )
+        .unwrap()
+    };
     let addr = "10.231.0.2".parse().unwrap();
     let open = policy("{}");
     VmRules {
@@ -75,12 +84,7 @@ fn vm_table_loads_updates_and_keeps_state() {
         Duration::from_secs(90),
     )
     .unwrap();
-    let set = nft::run(
-        Target::Netns(&ns.0),
-        &["list", "set", "ip", "polydev_vm", "dns_allowed"],
-        None,
-    )
-    .unwrap();
+    let set = learned();
     assert!(set.contains("203.0.113.10"), "{set}");
     // A policy change in domain mode keeps what DNS taught.
     let dom2 = policy(r#"{"allowDomains": ["a.example", "b.example"]}"#);
@@ -91,12 +95,7 @@ fn vm_table_loads_updates_and_keeps_state() {
     }
     .apply(&ns.0)
     .unwrap();
-    let set = nft::run(
-        Target::Netns(&ns.0),
-        &["list", "set", "ip", "polydev_vm", "dns_allowed"],
-        None,
-    )
-    .unwrap();
+    let set = learned();
     assert!(set.contains("203.0.113.10"), "{set}");
     let rules = nft::run(
         Target::Netns(&ns.0),
@@ -118,12 +117,7 @@ fn vm_table_loads_updates_and_keeps_state() {
     }
     .apply(&ns.0)
     .unwrap();
-    let set = nft::run(
-        Target::Netns(&ns.0),
-        &["list", "set", "ip", "polydev_vm", "dns_allowed"],
-        None,
-    )
-    .unwrap();
+    let set = learned();
     assert!(!set.contains("203.0.113.10"), "{set}");
     let (p, b, d) = vmtable::counters(&ns.0).unwrap();
     assert_eq!((p, b, d), (0, 0, 0));
@@ -140,60 +134,47 @@ fn host_table_sources_come_and_go() {
         exempt: vec!["10.9.0.0/16".parse().unwrap()],
         host_addrs: vec!["192.0.2.2".parse().unwrap()],
     };
-    let ns_name = ns.0.clone();
-    let run = move |f: Box<dyn FnOnce() -> polydev_egress::Result<()> + Send>| {
-        polydev_net::netns::run_in(&ns_name, move || Ok(f())).unwrap()
+    // Each step runs in the test's namespace ("host" there is its own).
+    let step = |f: fn(&HostFirewall) -> polydev_egress::Result<Vec<(Ipv4Addr, Ipv4Addr)>>| {
+        let fw = fw.clone();
+        polydev_net::netns::run_in(&ns.0, move || Ok(f(&fw)))
+            .unwrap()
+            .unwrap()
     };
-    let fw2 = fw.clone();
-    run(Box::new(move || {
-        fw2.install(&[(
+    let a = |s: &str| -> Ipv4Addr { s.parse().unwrap() };
+    step(|fw| {
+        fw.install(&[(
             "10.231.0.2".parse().unwrap(),
             "198.51.100.11".parse().unwrap(),
         )])
-    }))
-    .unwrap();
-    let fw2 = fw.clone();
-    run(Box::new(move || {
-        fw2.set_source(
+        .map(|_| vec![])
+    });
+    step(|fw| {
+        fw.set_source(
             "10.231.0.6".parse().unwrap(),
             Some("198.51.100.12".parse().unwrap()),
         )
-    }))
-    .unwrap();
-    let fw2 = fw.clone();
-    run(Box::new(move || {
-        fw2.set_source(
+        .map(|_| vec![])
+    });
+    step(|fw| {
+        fw.set_source(
             "10.231.0.2".parse().unwrap(),
             Some("198.51.100.13".parse().unwrap()),
         )
-    }))
-    .unwrap();
-    let fw2 = fw.clone();
-    run(Box::new(move || {
-        fw2.set_source("10.231.0.6".parse().unwrap(), None)
-    }))
-    .unwrap();
-    let fw2 = fw.clone();
-    let got = polydev_net::netns::run_in(&ns.0, move || Ok(fw2.sources()))
-        .unwrap()
-        .unwrap();
+        .map(|_| vec![])
+    });
+    step(|fw| {
+        fw.set_source("10.231.0.6".parse().unwrap(), None)
+            .map(|_| vec![])
+    });
     assert_eq!(
-        got,
-        vec![(
-            "10.231.0.2".parse().unwrap(),
-            "198.51.100.13".parse().unwrap()
-        )]
+        step(|fw| fw.sources()),
+        vec![(a("10.231.0.2"), a("198.51.100.13"))]
     );
     // Installing again replaces the table whole.
-    let fw2 = fw.clone();
-    run(Box::new(move || fw2.install(&[]))).unwrap();
-    let fw2 = fw.clone();
-    let got = polydev_net::netns::run_in(&ns.0, move || Ok(fw2.sources()))
-        .unwrap()
-        .unwrap();
-    assert!(got.is_empty());
-    let fw2 = fw.clone();
-    run(Box::new(move || fw2.remove())).unwrap();
-    let fw2 = fw.clone();
-    run(Box::new(move || fw2.remove())).unwrap();
+    step(|fw| fw.install(&[]).map(|_| vec![]));
+    assert!(step(|fw| fw.sources()).is_empty());
+    // Removing is idempotent.
+    step(|fw| fw.remove().map(|_| vec![]));
+    step(|fw| fw.remove().map(|_| vec![]));
 }

@@ -508,10 +508,8 @@ fn egress_policy_identity_isolation_and_cleanup() {
     let tag2 = c2.tag();
     put_user(&c2, "carol", json!({"sourceAddress": internet::POOL[1]}));
     let id = c2.create_vm("cli", "carol");
-    let started = Instant::now();
     let v = c2.wait_settled(&id, Duration::from_secs(120));
     assert_eq!(v["status"], "failed", "{v}");
-    assert!(started.elapsed() < Duration::from_secs(120));
     assert!(
         polydev_net::veth::list_host_links(&format!("pe{tag2}-")).is_empty(),
         "a link outlived a failed VM"
