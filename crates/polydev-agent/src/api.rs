@@ -15,6 +15,7 @@
 //! | `POST /auth/{provider}`, `GET /auth/callback`, `POST /auth/code` | provider logins ([`login`](crate::login)) |
 //! | `GET /credentials/status`, `GET /credentials/get` | the login's outcome ([`login`](crate::login)) |
 //! | `POST /webrtc/offer`, `POST /webrtc/candidate`, `GET /webrtc/stats` | the WebRTC live view through the screen streamer ([`webrtc`](crate::webrtc)) |
+//! | `GET /terminal?cols=N&rows=M` | an interactive tmux terminal over a WebSocket ([`terminal`](crate::terminal)) |
 
 use std::sync::Arc;
 
@@ -163,6 +164,7 @@ pub fn router(state: AppState) -> Router {
         .route("/webrtc/offer", post(webrtc::offer_handler))
         .route("/webrtc/candidate", post(webrtc::candidate_handler))
         .route("/webrtc/stats", get(webrtc::stats_handler))
+        .route("/terminal", get(crate::terminal::handler))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn_with_state(

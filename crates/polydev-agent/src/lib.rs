@@ -17,6 +17,7 @@ pub mod login;
 pub mod open_url;
 pub mod procs;
 pub mod ready;
+pub mod terminal;
 pub mod uptime;
 pub mod users;
 pub mod webrtc;

@@ -75,12 +75,36 @@ impl AgentTarget {
         }
     }
 
-    async fn request(
+    /// `GET path` whose answer is streamed: the response body, read as it
+    /// comes (the agent's NDJSON process events). The connection takes at
+    /// most `connect_timeout` to answer with its headers.
+    pub async fn stream(
+        &self,
+        path: &str,
+        connect_timeout: Duration,
+    ) -> Result<hyper::body::Incoming, AgentError> {
+        let resp = match tokio::time::timeout(connect_timeout, self.send("GET", path, None)).await {
+            Ok(r) => r?,
+            Err(_) => return Err(AgentError::Timeout(path.to_string(), connect_timeout)),
+        };
+        let status = resp.status().as_u16();
+        if !(200..300).contains(&status) {
+            let body = read_capped(resp.into_body(), 500).await;
+            return Err(AgentError::Status {
+                status,
+                path: path.into(),
+                body,
+            });
+        }
+        Ok(resp.into_body())
+    }
+
+    async fn send(
         &self,
         method: &str,
         path: &str,
         body: Option<serde_json::Value>,
-    ) -> Result<serde_json::Value, AgentError> {
+    ) -> Result<hyper::Response<hyper::body::Incoming>, AgentError> {
         let addr: SocketAddr = (
             polydev_core::guest::GUEST_ADDR
                 .parse::<std::net::Ipv4Addr>()
@@ -122,10 +146,19 @@ impl AgentTarget {
             .header("content-type", "application/json")
             .body(Full::new(Bytes::from(payload)))
             .map_err(|e| AgentError::Http(path.into(), e.to_string()))?;
-        let resp = sender
+        sender
             .send_request(req)
             .await
-            .map_err(|e| AgentError::Http(path.into(), e.to_string()))?;
+            .map_err(|e| AgentError::Http(path.into(), e.to_string()))
+    }
+
+    async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<serde_json::Value, AgentError> {
+        let resp = self.send(method, path, body).await?;
         let status = resp.status().as_u16();
         let bytes = resp
             .into_body()
@@ -143,4 +176,23 @@ impl AgentTarget {
         serde_json::from_slice(&bytes)
             .map_err(|e| AgentError::Http(path.into(), format!("bad JSON: {e}")))
     }
+}
+
+/// Reads at most `max` bytes of a body as text (for error messages).
+async fn read_capped(mut body: hyper::body::Incoming, max: usize) -> String {
+    use hyper::body::Body;
+    let mut out = Vec::new();
+    while out.len() < max {
+        let frame = std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx)).await;
+        match frame {
+            Some(Ok(f)) => {
+                if let Ok(d) = f.into_data() {
+                    out.extend_from_slice(&d);
+                }
+            }
+            _ => break,
+        }
+    }
+    out.truncate(max);
+    String::from_utf8_lossy(&out).into_owned()
 }

@@ -35,6 +35,21 @@ pub fn routes(state: AppState) -> Router<AppState> {
             "/api/users/{user}/egress",
             get(crate::egress::get_user_egress).put(crate::egress::put_user_egress),
         )
+        .route(
+            "/api/runs",
+            get(crate::runs::api::list).post(crate::runs::api::create),
+        )
+        .route("/api/runs/{id}", get(crate::runs::api::get))
+        .route("/api/runs/{id}/events", get(crate::runs::api::events))
+        .route(
+            "/api/runs/{id}/cancel",
+            axum::routing::post(crate::runs::api::cancel),
+        )
+        .route("/api/credentials", get(crate::credentials::list))
+        .route(
+            "/api/credentials/{user}/{provider}",
+            axum::routing::delete(crate::credentials::delete).put(crate::credentials::put_api_key),
+        )
         .route_layer(axum::middleware::from_fn_with_state(
             state,
             crate::auth::require_api_key,

@@ -9,6 +9,7 @@
 //! from its recorded status ([`AuthFlow::recover`]). Whatever ends a session,
 //! its browser VM is destroyed through the cleanup journal.
 
+use crate::cli_vm::CliVms;
 use crate::pool::BrowserPool;
 use crate::runtime::{Runtime, RuntimeError};
 use polydev_core::auth::{Provider, SessionStatus as S};
@@ -118,13 +119,20 @@ pub struct AuthFlow {
     cfg: AuthFlowConfig,
     limiter: Mutex<RateLimiter>,
     pool: Arc<BrowserPool>,
+    cli: Arc<CliVms>,
     tasks: Mutex<HashMap<String, tokio::task::JoinHandle<()>>>,
 }
 
 impl AuthFlow {
     /// A flow over the runtime, sealing credentials with `vault`.
-    pub fn new(rt: Arc<Runtime>, vault: Keyring, cfg: AuthFlowConfig) -> Arc<AuthFlow> {
+    pub fn new(
+        rt: Arc<Runtime>,
+        vault: Keyring,
+        cfg: AuthFlowConfig,
+        cli: Arc<CliVms>,
+    ) -> Arc<AuthFlow> {
         Arc::new(AuthFlow {
+            cli,
             pool: BrowserPool::new(rt.clone(), cfg.browser_pool),
             rt,
             vault,
@@ -467,7 +475,13 @@ impl AuthFlow {
         };
         self.rt
             .store()
-            .upsert_credential(&s.user_id, s.provider.as_str(), &parts)
+            .put_credential(
+                &s.user_id,
+                s.provider.as_str(),
+                polydev_core::run::CredentialKind::Oauth,
+                polydev_login::credentials::expires_at(s.provider, &creds),
+                &parts,
+            )
             .await
             .map_err(|e| format!("storing the credentials: {e}"))?;
         self.install(&s.user_id, s.provider, &creds, &companions)
@@ -566,30 +580,8 @@ impl AuthFlow {
         companions: &[(String, String)],
     ) -> Result<(), String> {
         use base64::Engine;
-        let vms = self
-            .rt
-            .store()
-            .list_vms(Some(user_id), false)
-            .await
-            .map_err(|e| e.to_string())?;
-        let existing = vms.into_iter().find(|v| {
-            v.vm_type == VmType::Cli
-                && matches!(
-                    v.status,
-                    VmStatus::Running | VmStatus::Creating | VmStatus::Hibernated
-                )
-        });
-        let vm_id = match existing {
-            Some(v) => v.vm_id,
-            None => {
-                self.rt
-                    .create(user_id, VmType::Cli)
-                    .await
-                    .map_err(|e| format!("creating the CLI VM: {e}"))?
-                    .vm_id
-            }
-        };
-        let rec = self.wait_running(&vm_id).await?;
+        let (rec, _hold, _) = self.cli.ensure(user_id).await?;
+        let vm_id = rec.vm_id.clone();
         let body = serde_json::json!({
             "path": credential_path(p),
             "contentBase64": base64::engine::general_purpose::STANDARD.encode(creds),

@@ -56,6 +56,11 @@ pub struct Config {
     pub live: LiveConfig,
     /// Egress: uplink, DNS, default policies, source pool.
     pub egress: crate::egress::EgressSettings,
+    /// A CLI VM with no run and no terminal this long hibernates
+    /// (`POLYDEV_CLI_IDLE_SECS`, default 600).
+    pub cli_idle: Duration,
+    /// Prompt runs: providers file, limits, deadlines.
+    pub runs: crate::runs::RunsConfig,
 }
 
 impl Config {
@@ -86,6 +91,8 @@ impl Config {
             max_body_bytes: 64 * 1024,
             live: LiveConfig::default(),
             egress: crate::egress::EgressSettings::default(),
+            cli_idle: Duration::from_secs(600),
+            runs: crate::runs::RunsConfig::default(),
         }
     }
 

@@ -10,13 +10,17 @@ pub mod api;
 pub mod artifacts;
 pub mod auth;
 pub mod auth_flow;
+pub mod cli_vm;
 pub mod config;
+pub mod credentials;
 pub mod egress;
 pub mod error;
 pub mod live;
 pub mod pool;
 pub mod private;
+pub mod runs;
 pub mod runtime;
+pub mod terminal;
 
 use axum::Router;
 use config::Config;
@@ -31,6 +35,10 @@ pub struct AppState {
     pub runtime: Arc<runtime::Runtime>,
     /// The provider connect flow.
     pub auth: Arc<auth_flow::AuthFlow>,
+    /// The users' CLI VMs.
+    pub cli: Arc<cli_vm::CliVms>,
+    /// Prompt runs.
+    pub runs: Arc<runs::Runs>,
 }
 
 /// The vault keyring: from the environment (`POLYDEV_MASTER_KEY`,
@@ -117,6 +125,7 @@ pub fn app(state: AppState) -> Router {
         .route("/health", axum::routing::get(api::health))
         .merge(api::routes(state.clone()))
         .merge(live::routes(state.clone()))
+        .merge(terminal::routes(state.clone()))
         .fallback(api::not_found)
         .layer(axum::extract::DefaultBodyLimit::max(max))
         .layer(tower_http::trace::TraceLayer::new_for_http())
@@ -150,16 +159,33 @@ pub async fn serve(cfg: Config, auth_cfg: auth_flow::AuthFlowConfig) -> anyhow::
     let report = rt.reconcile().await?;
     tracing::info!(?report, "start-up reconciliation done");
     tokio::spawn(rt.clone().watch(std::time::Duration::from_secs(2)));
-    let auth = auth_flow::AuthFlow::new(rt.clone(), keyring, auth_cfg);
+    let cli = cli_vm::CliVms::new(rt.clone(), rt.config().cli_idle);
+    tokio::spawn(cli.clone().idle_loop(std::time::Duration::from_secs(1)));
+    {
+        let (rt2, vault) = (rt.clone(), keyring.clone());
+        cli.set_before_hibernate(Arc::new(move |vm| {
+            let (rt, vault) = (rt2.clone(), vault.clone());
+            Box::pin(async move { credentials::sync_all(&rt, &vault, &vm).await })
+        }));
+    }
+    let runs = runs::Runs::new(rt.clone(), cli.clone(), keyring.clone(), rt.config().runs.clone());
+    let auth = auth_flow::AuthFlow::new(rt.clone(), keyring, auth_cfg, cli.clone());
     let resumed = auth.recover().await?;
     tracing::info!(resumed, "sign-in sessions recovered");
+    let reattached = runs.recover().await.map_err(anyhow::Error::msg)?;
+    tracing::info!(reattached, "runs recovered");
     tokio::spawn(auth.pool().clone().run());
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| anyhow::anyhow!("listening on {listen}: {e}"))?;
     tracing::info!(%listen, store = %rt.store().kind(), "polydev controller listening");
     eprintln!("polydev: listening on http://{listen}");
-    axum::serve(listener, app(AppState { runtime: rt, auth }))
+    axum::serve(listener, app(AppState {
+            runtime: rt,
+            auth,
+            cli,
+            runs,
+        }))
         .with_graceful_shutdown(shutdown_signal())
         .await?;
     Ok(())

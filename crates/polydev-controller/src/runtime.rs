@@ -237,7 +237,8 @@ impl Runtime {
             .clone()
     }
 
-    fn agent_target(&self, rec: &VmRecord) -> Option<AgentTarget> {
+    /// How to reach a VM's agent (its namespace, port and token).
+    pub fn agent_target(&self, rec: &VmRecord) -> Option<AgentTarget> {
         let raw = std::fs::read(Path::new(&rec.dir).join(AGENT_FILE)).ok()?;
         let cfg: AgentConfig = serde_json::from_slice(&raw).ok()?;
         Some(AgentTarget {

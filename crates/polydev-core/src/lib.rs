@@ -47,4 +47,5 @@ pub use enums::ParseEnumError;
 
 pub mod auth;
 pub mod guest;
+pub mod run;
 pub mod vm;

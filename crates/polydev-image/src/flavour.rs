@@ -140,7 +140,8 @@ impl Flavour {
     /// Packages installed on top of mmdebstrap's `minbase` variant.
     pub fn packages(self) -> Vec<&'static str> {
         match self {
-            // curl and ping: the network checks of the egress tests.
+            // curl and ping: the network checks of the egress tests; tmux:
+            // the agent's terminal (a CLI VM on this image in tests).
             Flavour::Minimal => vec![
                 "systemd",
                 "systemd-sysv",
@@ -148,6 +149,7 @@ impl Flavour {
                 "procps",
                 "curl",
                 "iputils-ping",
+                "tmux",
             ],
             Flavour::Browser => [
                 BASE,
@@ -175,6 +177,8 @@ impl Flavour {
                     "libc6-dev",
                     "unzip",
                     "xz-utils",
+                    // The agent's terminal (`GET /terminal`) runs tmux.
+                    "tmux",
                 ],
             ]
             .concat(),

@@ -186,6 +186,27 @@ impl Kind {
     }
 }
 
+/// When the file's access token expires (Unix ms), when it says: Claude's
+/// `expiresAt`, Gemini's `expiry_date`, the `exp` claim of Codex's access
+/// token (a JWT).
+pub fn expires_at(provider: Provider, content: &[u8]) -> Option<i64> {
+    let v: Value = serde_json::from_slice(content).ok()?;
+    match provider {
+        Provider::ClaudeCode => v["claudeAiOauth"]["expiresAt"].as_i64(),
+        Provider::GeminiCli => v["expiry_date"].as_i64(),
+        Provider::Codex => {
+            use base64::Engine;
+            let token = v["tokens"]["access_token"].as_str()?;
+            let payload = token.split('.').nth(1)?;
+            let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(payload.trim_end_matches('='))
+                .ok()?;
+            let claims: Value = serde_json::from_slice(&bytes).ok()?;
+            claims["exp"].as_i64().map(|s| s.saturating_mul(1000))
+        }
+    }
+}
+
 /// The credential file's path under `home`.
 pub fn path_in(provider: Provider, home: &Path) -> PathBuf {
     home.join(credential_file(provider))
@@ -248,6 +269,20 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("tokens.id_token"), "{e}");
+    }
+
+    #[test]
+    fn expiry_as_each_file_says() {
+        use base64::Engine;
+        let claude = br#"{"claudeAiOauth":{"accessToken":"a","refreshToken":"r","expiresAt":1700000000000}}"#;
+        assert_eq!(expires_at(Provider::ClaudeCode, claude), Some(1_700_000_000_000));
+        let gemini = br#"{"access_token":"a","expiry_date":5}"#;
+        assert_eq!(expires_at(Provider::GeminiCli, gemini), Some(5));
+        let claims = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(br#"{"exp":1700000000}"#);
+        let codex = format!(r#"{{"tokens":{{"access_token":"h.{claims}.s"}}}}"#);
+        assert_eq!(expires_at(Provider::Codex, codex.as_bytes()), Some(1_700_000_000_000));
+        assert_eq!(expires_at(Provider::Codex, br#"{"tokens":{"access_token":"opaque"}}"#), None);
+        assert_eq!(expires_at(Provider::ClaudeCode, b"not json"), None);
     }
 
     #[test]

@@ -6,5 +6,6 @@
 #![warn(missing_docs)]
 
 pub mod command;
+pub mod model_standin;
 pub mod normalize;
 pub mod settings;

@@ -109,8 +109,9 @@ pub struct Summary {
     pub error: Option<String>,
 }
 
-/// Turns one CLI's lines into events.
-#[derive(Debug, Clone)]
+/// Turns one CLI's lines into events. Its state serializes, so a run's
+/// reader can stop and continue (after a controller restart) where it was.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Normalizer {
     provider: Provider,
     conversation_id: Option<String>,

@@ -841,3 +841,118 @@ async fn webrtc_offer_answer(db: &TestDb) {
         polydev_store::WebrtcSignal::default()
     );
 }
+
+both!(runs_and_events);
+async fn runs_and_events(db: &TestDb) {
+    use polydev_core::run::RunStatus as R;
+    use polydev_store::{NewRun, RunOutcome};
+    let s = &db.store;
+    let new = |id: &'static str, resume: Option<&'static str>| NewRun {
+        run_id: id,
+        user_id: "u1",
+        provider: "codex",
+        prompt: "hello",
+        model: None,
+        resume_id: resume,
+        timeout_secs: 60,
+    };
+    let r = s.insert_run(&new("run-1", None)).await.unwrap();
+    assert_eq!((r.status, r.event_count), (R::Queued, 0));
+    // Status changes are compare-and-set.
+    assert!(!s.set_run_status("run-1", R::Starting, R::Running).await.unwrap());
+    assert!(s.set_run_status("run-1", R::Queued, R::Starting).await.unwrap());
+    s.set_run_vm("run-1", "vm-1", "booted").await.unwrap();
+    assert!(s.set_run_started("run-1", "p1").await.unwrap());
+    assert!(!s.set_run_started("run-1", "p2").await.unwrap(), "only from starting");
+    // Events: numbered from 1, appended only at the next number.
+    s.append_run_events(
+        "run-1",
+        1,
+        &[("status", "{}".into()), ("text", "{\"t\":1}".into())],
+        Some("{\"agentSeq\":4}"),
+    )
+    .await
+    .unwrap();
+    let dup = s
+        .append_run_events("run-1", 2, &[("text", "{}".into())], None)
+        .await;
+    assert!(dup.is_err(), "a sequence number is never given twice");
+    s.append_run_events("run-1", 3, &[("result", "{}".into())], None)
+        .await
+        .unwrap();
+    let r = s.get_run("run-1").await.unwrap().unwrap();
+    assert_eq!(r.checkpoint.as_deref(), Some("{\"agentSeq\":4}"), "kept when none is given");
+    let evs = s.run_events("run-1", 1, 100).await.unwrap();
+    assert_eq!(
+        evs.iter().map(|e| (e.seq, e.kind.as_str())).collect::<Vec<_>>(),
+        [(2, "text"), (3, "result")]
+    );
+    assert_eq!(s.get_run("run-1").await.unwrap().unwrap().event_count, 3);
+    let done = RunOutcome {
+        exit_code: Some(0),
+        answer: Some("hi"),
+        conversation_id: Some("th-1"),
+        input_tokens: Some(10),
+        output_tokens: Some(5),
+        cost_usd: Some(0.25),
+        totals: Some("{\"inputTokens\":10}"),
+        ..Default::default()
+    };
+    assert!(s.finish_run("run-1", R::Completed, &done).await.unwrap());
+    assert!(!s.finish_run("run-1", R::Failed, &done).await.unwrap(), "ended once");
+    let r = s.get_run("run-1").await.unwrap().unwrap();
+    assert_eq!(
+        (r.status, r.exit_code, r.cost_usd, r.conversation_id.as_deref()),
+        (R::Completed, Some(0), Some(0.25), Some("th-1"))
+    );
+    assert_eq!(
+        s.conversation_totals("u1", "codex", "th-1").await.unwrap().as_deref(),
+        Some("{\"inputTokens\":10}")
+    );
+    s.insert_run(&new("run-2", Some("th-1"))).await.unwrap();
+    let unfinished = s.list_unfinished_runs().await.unwrap();
+    assert_eq!(unfinished.len(), 1);
+    assert_eq!(unfinished[0].resume_id.as_deref(), Some("th-1"));
+    let mine = s.list_runs(Some("u1"), 10).await.unwrap();
+    assert_eq!(mine.len(), 2);
+    assert!(s.list_runs(Some("u2"), 10).await.unwrap().is_empty());
+}
+
+both!(credential_kinds_refresh_and_validity);
+async fn credential_kinds_refresh_and_validity(db: &TestDb) {
+    use polydev_core::run::CredentialKind;
+    use polydev_store::SealedParts;
+    let s = &db.store;
+    let parts = |data: &'static [u8]| SealedParts {
+        encrypted_data: data,
+        iv: &[1; 12],
+        tag: &[2; 16],
+        salt: &[3; 16],
+        key_id: "mk_a",
+    };
+    s.upsert_credential("u1", "codex", &parts(b"file-1")).await.unwrap();
+    let row = s.get_credential("u1", "codex").await.unwrap().unwrap();
+    assert_eq!((row.kind, row.expires_at), (CredentialKind::Oauth, None));
+    // A refresh is compare-and-set on the old ciphertext.
+    assert!(!s
+        .refresh_credential("u1", "codex", b"other", Some(5), &parts(b"file-2"))
+        .await
+        .unwrap());
+    assert!(s
+        .refresh_credential("u1", "codex", b"file-1", Some(5), &parts(b"file-2"))
+        .await
+        .unwrap());
+    let row = s.get_credential("u1", "codex").await.unwrap().unwrap();
+    assert_eq!((row.encrypted_data.as_slice(), row.expires_at), (&b"file-2"[..], Some(5)));
+    s.mark_credential("u1", "codex", Some("401 from the provider"))
+        .await
+        .unwrap();
+    let row = s.get_credential("u1", "codex").await.unwrap().unwrap();
+    assert!(!row.is_valid && row.invalid_reason.is_some() && row.last_validated_at.is_some());
+    s.put_credential("u1", "codex", CredentialKind::ApiKey, None, &parts(b"key"))
+        .await
+        .unwrap();
+    let row = s.get_credential("u1", "codex").await.unwrap().unwrap();
+    assert!(row.is_valid && row.invalid_reason.is_none());
+    assert_eq!(row.kind, CredentialKind::ApiKey);
+}

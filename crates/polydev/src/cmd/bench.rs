@@ -254,7 +254,13 @@ async fn connect_figures(
     );
     let keyring = || polydev_vault::Keyring::new(polydev_vault::MasterKey::generate());
     println!(" cold (each session boots a new browser VM):");
-    let cold_flow = AuthFlow::new(rt.clone(), keyring(), AuthFlowConfig::default());
+    let cli = polydev_controller::cli_vm::CliVms::new(rt.clone(), rt.config().cli_idle);
+    let cold_flow = AuthFlow::new(
+        rt.clone(),
+        keyring(),
+        AuthFlowConfig::default(),
+        cli.clone(),
+    );
     let cold = session_figures(rt, &cold_flow, n, provider, false).await?;
     cold.print();
     if !warm {
@@ -267,6 +273,7 @@ async fn connect_figures(
             browser_pool: 1,
             ..AuthFlowConfig::default()
         },
+        cli,
     );
     let filler = tokio::spawn(warm_flow.pool().clone().run());
     println!(" warm (each session resumes a browser VM from a pool of one, which refills 30 s after the URL is shown):");

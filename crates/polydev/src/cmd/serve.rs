@@ -56,6 +56,10 @@ pub struct Args {
     /// Largest accepted request body in bytes.
     #[arg(long, env = "POLYDEV_MAX_BODY_BYTES", default_value_t = 65536)]
     max_body_bytes: usize,
+    /// Seconds a CLI VM may stay without a run or a terminal before it
+    /// hibernates (the next run or terminal resumes it).
+    #[arg(long, env = "POLYDEV_CLI_IDLE_SECS", default_value_t = 600)]
+    cli_idle_secs: u64,
 }
 
 /// Runs the controller.
@@ -82,6 +86,8 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     cfg.live = polydev_controller::config::LiveConfig::from_env().map_err(anyhow::Error::msg)?;
     cfg.egress =
         polydev_controller::egress::EgressSettings::from_env().map_err(anyhow::Error::msg)?;
+    cfg.cli_idle = std::time::Duration::from_secs(a.cli_idle_secs.max(1));
+    cfg.runs = polydev_controller::runs::RunsConfig::from_env().map_err(anyhow::Error::msg)?;
     let auth = polydev_controller::auth_flow::AuthFlowConfig {
         user_timeout: std::time::Duration::from_secs(a.auth_timeout_secs.max(1)),
         rate_limit: a.auth_rate_limit,

@@ -1,0 +1,333 @@
+//! The runs API: `POST /api/runs`, `GET /api/runs?userId=`,
+//! `GET /api/runs/:id`, `GET /api/runs/:id/events` (Server-Sent Events,
+//! resumable with `Last-Event-ID`), `POST /api/runs/:id/cancel`.
+
+use crate::error::ApiError;
+use crate::AppState;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use polydev_core::auth::Provider;
+use polydev_store::{NewRun, RunRecord};
+use serde_json::json;
+use std::collections::VecDeque;
+use std::time::Duration;
+
+/// `POST /api/runs` body.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct CreateRun {
+    user_id: String,
+    provider: String,
+    prompt: String,
+    #[serde(default)]
+    conversation_id: Option<String>,
+    #[serde(default)]
+    model: Option<String>,
+    #[serde(default)]
+    timeout_secs: Option<u64>,
+}
+
+fn unprocessable(code: &'static str, msg: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, msg)
+}
+
+/// A conversation id or model name: 1–256 characters of
+/// `[A-Za-z0-9._:/@-]` (the CLIs' ids are UUIDs or hex; model names may
+/// carry a `/` or `@`).
+fn check_word(what: &str, code: &'static str, v: &str) -> Result<(), ApiError> {
+    let ok = !v.is_empty()
+        && v.len() <= 256
+        && !v.starts_with('-')
+        && v
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._:/@-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(unprocessable(
+            code,
+            format!("{what} must be 1-256 characters of letters, digits and . _ : / @ -, not starting with '-'"),
+        ))
+    }
+}
+
+/// The JSON of a run.
+pub fn run_json(r: &RunRecord) -> serde_json::Value {
+    json!({
+        "runId": r.run_id,
+        "userId": r.user_id,
+        "provider": r.provider,
+        "model": r.model,
+        "status": r.status,
+        "exitCode": r.exit_code,
+        "answer": r.answer,
+        "error": r.error,
+        "conversationId": r.conversation_id.as_ref().or(r.resume_id.as_ref()),
+        "continues": r.resume_id,
+        "usage": {
+            "inputTokens": r.input_tokens,
+            "outputTokens": r.output_tokens,
+            "costUsd": r.cost_usd,
+        },
+        "vmId": r.vm_id,
+        "vm": r.vm_found,
+        "timeoutSecs": r.timeout_secs,
+        "timings": {
+            "queuedAt": r.created_at,
+            "vmReadyAt": r.vm_ready_at,
+            "cliStartedAt": r.cli_started_at,
+            "firstOutputAt": r.first_output_at,
+            "finishedAt": r.finished_at,
+        },
+        "eventCount": r.event_count,
+        "eventsUrl": format!("/api/runs/{}/events", r.run_id),
+    })
+}
+
+fn new_run_id() -> String {
+    use rand::RngCore;
+    let mut b = [0u8; 12];
+    rand::thread_rng().fill_bytes(&mut b);
+    format!("run_{}", hex::encode(b))
+}
+
+/// `POST /api/runs`.
+pub async fn create(
+    State(s): State<AppState>,
+    body: Result<Json<CreateRun>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(b) = body?;
+    crate::api::validate_user_id(&b.user_id)?;
+    let p: Provider = b
+        .provider
+        .parse()
+        .map_err(|e: polydev_core::ParseEnumError| unprocessable("invalid_provider", e.to_string()))?;
+    let cfg = s.runs.config();
+    if b.prompt.trim().is_empty() {
+        return Err(unprocessable("invalid_prompt", "prompt is empty"));
+    }
+    if b.prompt.len() > cfg.max_prompt_bytes {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "prompt_too_large",
+            format!(
+                "the prompt is {} bytes; the limit is {} (POLYDEV_MAX_PROMPT_BYTES)",
+                b.prompt.len(),
+                cfg.max_prompt_bytes
+            ),
+        ));
+    }
+    if b.prompt.contains('\0') {
+        return Err(unprocessable("invalid_prompt", "prompt contains a NUL character"));
+    }
+    if let Some(c) = &b.conversation_id {
+        check_word("conversationId", "invalid_conversation_id", c)?;
+    }
+    if let Some(m) = &b.model {
+        check_word("model", "invalid_model", m)?;
+    }
+    let max = cfg.max_timeout.as_secs();
+    let timeout = b.timeout_secs.unwrap_or(cfg.default_timeout.as_secs());
+    if timeout == 0 || timeout > max {
+        return Err(unprocessable(
+            "invalid_timeout",
+            format!("timeoutSecs must be 1-{max}"),
+        ));
+    }
+    match s.runtime.store().get_credential(&b.user_id, p.as_str()).await? {
+        None => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "not_connected",
+                format!(
+                    "{} has not connected {p}: sign in first (POST /api/auth/start) or store an API key (PUT /api/credentials/{}/{p})",
+                    b.user_id, b.user_id
+                ),
+            ))
+        }
+        Some(c) if !c.is_valid => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "credential_invalid",
+                format!(
+                    "the provider refused {}'s {p} credential ({}): reconnect {p} (POST /api/auth/start) or store a new API key",
+                    b.user_id,
+                    c.invalid_reason.unwrap_or_else(|| "no reason recorded".into())
+                ),
+            ))
+        }
+        Some(_) => {}
+    }
+    let id = new_run_id();
+    let rec = s
+        .runtime
+        .store()
+        .insert_run(&NewRun {
+            run_id: &id,
+            user_id: &b.user_id,
+            provider: p.as_str(),
+            prompt: &b.prompt,
+            model: b.model.as_deref(),
+            resume_id: b.conversation_id.as_deref(),
+            timeout_secs: timeout as i64,
+        })
+        .await?;
+    tracing::info!(run_id = %id, user_id = %b.user_id, provider = %p, "run queued");
+    s.runs.kick(&b.user_id).await;
+    Ok((
+        StatusCode::ACCEPTED,
+        [(axum::http::header::LOCATION, format!("/api/runs/{id}"))],
+        Json(json!({"runId": id, "status": rec.status, "run": run_json(&rec)})),
+    )
+        .into_response())
+}
+
+async fn find(s: &AppState, id: &str) -> Result<RunRecord, ApiError> {
+    s.runtime
+        .store()
+        .get_run(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no run with id {id}")))
+}
+
+/// `GET /api/runs/:id`.
+pub async fn get(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    Ok(Json(run_json(&find(&s, &id).await?)))
+}
+
+/// `GET /api/runs` query.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    #[serde(rename = "userId")]
+    user_id: Option<String>,
+    limit: Option<i64>,
+}
+
+/// `GET /api/runs?userId=&limit=`: newest first.
+pub async fn list(
+    State(s): State<AppState>,
+    q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    if let Some(u) = &q.user_id {
+        crate::api::validate_user_id(u)?;
+    }
+    let limit = q.limit.unwrap_or(50).clamp(1, 500);
+    let runs = s.runtime.store().list_runs(q.user_id.as_deref(), limit).await?;
+    Ok(Json(json!({"runs": runs.iter().map(run_json).collect::<Vec<_>>()})))
+}
+
+/// `POST /api/runs/:id/cancel`.
+pub async fn cancel(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    let r = find(&s, &id).await?;
+    if r.status.is_terminal() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "run_ended",
+            format!("run {id} already ended: {}", r.status),
+        ));
+    }
+    s.runs.cancel(&id).await.map_err(ApiError::internal)?;
+    let r = find(&s, &id).await?;
+    Ok((StatusCode::ACCEPTED, Json(run_json(&r))))
+}
+
+/// `GET /api/runs/:id/events` query.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsQuery {
+    /// Events after this sequence number (as `Last-Event-ID`).
+    after: Option<i64>,
+}
+
+/// `GET /api/runs/:id/events`: every stored event after `Last-Event-ID`
+/// (or `?after=`), then new ones as they come, until the run has ended and
+/// its last event was sent. Each SSE event has `id` (its sequence number),
+/// `event` (its kind) and `data` (JSON, with the CLI's raw line).
+pub async fn events(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    q: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    find(&s, &id).await?;
+    let header = headers
+        .get("last-event-id")
+        .map(|v| {
+            v.to_str()
+                .ok()
+                .and_then(|t| t.trim().parse::<i64>().ok())
+                .filter(|n| *n >= 0)
+                .ok_or_else(|| ApiError::bad_request("Last-Event-ID must be an event number"))
+        })
+        .transpose()?;
+    let after = header.or(q.after).unwrap_or(0).max(0);
+    let rx = s.runs.subscribe(&id);
+    let state = Feed {
+        s,
+        id,
+        after,
+        rx,
+        buf: VecDeque::new(),
+    };
+    let stream = futures_util::stream::unfold(state, |mut f| async move {
+        f.next().await.map(|e| (Ok::<_, std::convert::Infallible>(e), f))
+    });
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response())
+}
+
+struct Feed {
+    s: AppState,
+    id: String,
+    after: i64,
+    rx: tokio::sync::watch::Receiver<i64>,
+    buf: VecDeque<polydev_store::RunEvent>,
+}
+
+impl Feed {
+    async fn next(&mut self) -> Option<Event> {
+        loop {
+            if let Some(e) = self.buf.pop_front() {
+                self.after = e.seq;
+                return Some(Event::default().id(e.seq.to_string()).event(e.kind).data(e.data));
+            }
+            // Read the status before the events: events stored before the
+            // run ended are then all read below.
+            let ended = match self.s.runtime.store().get_run(&self.id).await {
+                Ok(Some(r)) => r.status.is_terminal(),
+                Ok(None) => true,
+                Err(e) => {
+                    tracing::warn!(run_id = %self.id, error = %e, "reading a run for its event stream");
+                    false
+                }
+            };
+            match self.s.runtime.store().run_events(&self.id, self.after, 256).await {
+                Ok(evs) if !evs.is_empty() => {
+                    self.buf.extend(evs);
+                    continue;
+                }
+                Ok(_) if ended => return None,
+                Ok(_) => {}
+                Err(e) => tracing::warn!(run_id = %self.id, error = %e, "reading a run's events"),
+            }
+            let _ = tokio::time::timeout(Duration::from_secs(1), self.rx.changed()).await;
+            if self.rx.has_changed().is_err() {
+                // The run's writer is gone: poll.
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    }
+}
