@@ -143,7 +143,10 @@ impl CliVms {
 
     /// The user's CLI VM, running and held: the live one (resumed when
     /// hibernated, awaited when booting) or a new one.
-    pub async fn ensure(self: &Arc<Self>, user_id: &str) -> Result<(VmRecord, Hold, Found), String> {
+    pub async fn ensure(
+        self: &Arc<Self>,
+        user_id: &str,
+    ) -> Result<(VmRecord, Hold, Found), String> {
         let lock = self.user_lock(user_id);
         let _g = lock.lock().await;
         let (vm_id, mut found) = match self.current(user_id).await? {
@@ -231,8 +234,12 @@ impl CliVms {
                     f(rec.clone()).await;
                 }
                 match self.rt.hibernate(&rec.vm_id).await {
-                    Ok(_) => tracing::info!(vm_id = %rec.vm_id, user_id = %rec.user_id, idle_secs = self.idle.as_secs(), "idle CLI VM hibernated"),
-                    Err(e) => tracing::warn!(vm_id = %rec.vm_id, error = %e, "hibernating an idle CLI VM"),
+                    Ok(_) => {
+                        tracing::info!(vm_id = %rec.vm_id, user_id = %rec.user_id, idle_secs = self.idle.as_secs(), "idle CLI VM hibernated")
+                    }
+                    Err(e) => {
+                        tracing::warn!(vm_id = %rec.vm_id, error = %e, "hibernating an idle CLI VM")
+                    }
                 }
                 self.uses
                     .lock()

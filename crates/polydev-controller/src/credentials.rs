@@ -87,7 +87,12 @@ async fn read_in_vm(rt: &Runtime, rec: &VmRecord, p: Provider) -> Result<Option<
     let out = rt
         .agent_call(rec, "POST", "/exec", Some(body), Duration::from_secs(15))
         .await
-        .map_err(|e| format!("reading the {p} credential file in CLI VM {}: {e}", rec.vm_id))?;
+        .map_err(|e| {
+            format!(
+                "reading the {p} credential file in CLI VM {}: {e}",
+                rec.vm_id
+            )
+        })?;
     if out["exitCode"].as_i64() != Some(0) {
         return Ok(None);
     }
@@ -111,7 +116,12 @@ pub async fn install_file(
     rt.agent_call(rec, "POST", "/files", Some(body), Duration::from_secs(30))
         .await
         .map(|_| ())
-        .map_err(|e| format!("installing the {p} credentials in CLI VM {}: {e}", rec.vm_id))
+        .map_err(|e| {
+            format!(
+                "installing the {p} credentials in CLI VM {}: {e}",
+                rec.vm_id
+            )
+        })
 }
 
 /// Makes the VM's credential file and the vault agree before a run: a file
@@ -162,7 +172,13 @@ pub async fn sync_from_vm(
     let expires = polydev_login::credentials::expires_at(p, &now);
     let changed = rt
         .store()
-        .refresh_credential(user_id, p.as_str(), &stored.row.encrypted_data, expires, &parts(&sealed))
+        .refresh_credential(
+            user_id,
+            p.as_str(),
+            &stored.row.encrypted_data,
+            expires,
+            &parts(&sealed),
+        )
         .await
         .map_err(|e| e.to_string())?;
     if changed {
@@ -201,7 +217,11 @@ fn row_json(r: &CredentialRow) -> serde_json::Value {
 
 fn provider_of(s: &str) -> Result<Provider, ApiError> {
     s.parse::<Provider>().map_err(|e| {
-        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_provider", e.to_string())
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_provider",
+            e.to_string(),
+        )
     })
 }
 
@@ -233,11 +253,23 @@ pub async fn delete(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     crate::api::validate_user_id(&user_id)?;
     let p = provider_of(&provider)?;
-    if !s.runtime.store().delete_credential(&user_id, p.as_str()).await? {
-        return Err(ApiError::not_found(format!("{user_id} has no {p} credential")));
+    if !s
+        .runtime
+        .store()
+        .delete_credential(&user_id, p.as_str())
+        .await?
+    {
+        return Err(ApiError::not_found(format!(
+            "{user_id} has no {p} credential"
+        )));
     }
     let mut removed_from_vm = None;
-    if s.cli.current(&user_id).await.map_err(ApiError::internal)?.is_some() {
+    if s.cli
+        .current(&user_id)
+        .await
+        .map_err(ApiError::internal)?
+        .is_some()
+    {
         let (rec, _hold, _) = s.cli.ensure(&user_id).await.map_err(ApiError::internal)?;
         let body = serde_json::json!({
             "argv": ["rm", "-f", credential_path(p)],
@@ -247,11 +279,15 @@ pub async fn delete(
         s.runtime
             .agent_call(&rec, "POST", "/exec", Some(body), Duration::from_secs(15))
             .await
-            .map_err(|e| ApiError::internal(format!("removing the file from CLI VM {}: {e}", rec.vm_id)))?;
+            .map_err(|e| {
+                ApiError::internal(format!("removing the file from CLI VM {}: {e}", rec.vm_id))
+            })?;
         removed_from_vm = Some(rec.vm_id);
     }
     tracing::info!(%user_id, provider = %p, "credential removed");
-    Ok(Json(serde_json::json!({"deleted": true, "removedFromVm": removed_from_vm})))
+    Ok(Json(
+        serde_json::json!({"deleted": true, "removedFromVm": removed_from_vm}),
+    ))
 }
 
 /// `PUT` body.
@@ -273,7 +309,10 @@ pub async fn put_api_key(
     let p = provider_of(&provider)?;
     let Json(body) = body?;
     let key = body.api_key.trim();
-    if key.is_empty() || key.len() > MAX_API_KEY_BYTES || key.chars().any(|c| c.is_control() || c == ' ') {
+    if key.is_empty()
+        || key.len() > MAX_API_KEY_BYTES
+        || key.chars().any(|c| c.is_control() || c == ' ')
+    {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_api_key",
@@ -283,7 +322,13 @@ pub async fn put_api_key(
     let sealed = s.auth.vault().seal(&user_id, p.as_str(), key.as_bytes());
     s.runtime
         .store()
-        .put_credential(&user_id, p.as_str(), CredentialKind::ApiKey, None, &parts(&sealed))
+        .put_credential(
+            &user_id,
+            p.as_str(),
+            CredentialKind::ApiKey,
+            None,
+            &parts(&sealed),
+        )
         .await?;
     let row = s
         .runtime

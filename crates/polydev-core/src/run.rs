@@ -54,11 +54,22 @@ mod tests {
 
     #[test]
     fn names_round_trip() {
-        for s in ["queued", "starting", "running", "completed", "failed", "cancelled", "timeout"] {
+        for s in [
+            "queued",
+            "starting",
+            "running",
+            "completed",
+            "failed",
+            "cancelled",
+            "timeout",
+        ] {
             assert_eq!(s.parse::<RunStatus>().unwrap().as_str(), s);
         }
         assert!(RunStatus::Timeout.is_terminal() && !RunStatus::Starting.is_terminal());
-        assert_eq!("api_key".parse::<CredentialKind>().unwrap(), CredentialKind::ApiKey);
+        assert_eq!(
+            "api_key".parse::<CredentialKind>().unwrap(),
+            CredentialKind::ApiKey
+        );
         assert!("token".parse::<CredentialKind>().is_err());
     }
 }

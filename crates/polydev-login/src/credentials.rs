@@ -275,13 +275,23 @@ mod tests {
     fn expiry_as_each_file_says() {
         use base64::Engine;
         let claude = br#"{"claudeAiOauth":{"accessToken":"a","refreshToken":"r","expiresAt":1700000000000}}"#;
-        assert_eq!(expires_at(Provider::ClaudeCode, claude), Some(1_700_000_000_000));
+        assert_eq!(
+            expires_at(Provider::ClaudeCode, claude),
+            Some(1_700_000_000_000)
+        );
         let gemini = br#"{"access_token":"a","expiry_date":5}"#;
         assert_eq!(expires_at(Provider::GeminiCli, gemini), Some(5));
-        let claims = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(br#"{"exp":1700000000}"#);
+        let claims =
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(br#"{"exp":1700000000}"#);
         let codex = format!(r#"{{"tokens":{{"access_token":"h.{claims}.s"}}}}"#);
-        assert_eq!(expires_at(Provider::Codex, codex.as_bytes()), Some(1_700_000_000_000));
-        assert_eq!(expires_at(Provider::Codex, br#"{"tokens":{"access_token":"opaque"}}"#), None);
+        assert_eq!(
+            expires_at(Provider::Codex, codex.as_bytes()),
+            Some(1_700_000_000_000)
+        );
+        assert_eq!(
+            expires_at(Provider::Codex, br#"{"tokens":{"access_token":"opaque"}}"#),
+            None
+        );
         assert_eq!(expires_at(Provider::ClaudeCode, b"not json"), None);
     }
 

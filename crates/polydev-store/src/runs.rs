@@ -182,10 +182,12 @@ impl Store {
         .execute(&self.pool)
         .await
         .map_err(|e| self.query_err(format!("record run {}", r.run_id), e))?;
-        self.get_run(r.run_id).await?.ok_or(crate::StoreError::Conflict {
-            kind: self.kind,
-            what: format!("run {} (gone right after its insert)", r.run_id),
-        })
+        self.get_run(r.run_id)
+            .await?
+            .ok_or(crate::StoreError::Conflict {
+                kind: self.kind,
+                what: format!("run {} (gone right after its insert)", r.run_id),
+            })
     }
 
     /// A run.
@@ -230,7 +232,12 @@ impl Store {
     }
 
     /// Moves a run from `from` to `to` (compare-and-set); whether it moved.
-    pub async fn set_run_status(&self, run_id: &str, from: RunStatus, to: RunStatus) -> Result<bool> {
+    pub async fn set_run_status(
+        &self,
+        run_id: &str,
+        from: RunStatus,
+        to: RunStatus,
+    ) -> Result<bool> {
         let r = sqlx::query("UPDATE runs SET status = $1 WHERE run_id = $2 AND status = $3")
             .bind(to.as_str())
             .bind(run_id)
@@ -243,14 +250,16 @@ impl Store {
 
     /// The VM a run got, and when it answered.
     pub async fn set_run_vm(&self, run_id: &str, vm_id: &str, found: &str) -> Result<()> {
-        sqlx::query("UPDATE runs SET vm_id = $1, vm_found = $2, vm_ready_at = $3 WHERE run_id = $4")
-            .bind(vm_id)
-            .bind(found)
-            .bind(now_ms())
-            .bind(run_id)
-            .execute(&self.pool)
-            .await
-            .map_err(|e| self.query_err(format!("run {run_id}: record VM"), e))?;
+        sqlx::query(
+            "UPDATE runs SET vm_id = $1, vm_found = $2, vm_ready_at = $3 WHERE run_id = $4",
+        )
+        .bind(vm_id)
+        .bind(found)
+        .bind(now_ms())
+        .bind(run_id)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| self.query_err(format!("run {run_id}: record VM"), e))?;
         Ok(())
     }
 
@@ -318,21 +327,28 @@ impl Store {
         }
         let at = now_ms();
         for (i, (kind, data)) in events.iter().enumerate() {
-            sqlx::query("INSERT INTO run_events (run_id, seq, kind, data, at) VALUES ($1, $2, $3, $4, $5)")
-                .bind(run_id)
-                .bind(first_seq + i as i64)
-                .bind(*kind)
-                .bind(data.as_str())
-                .bind(at)
-                .execute(&mut *tx)
-                .await
-                .map_err(err)?;
+            sqlx::query(
+                "INSERT INTO run_events (run_id, seq, kind, data, at) VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(run_id)
+            .bind(first_seq + i as i64)
+            .bind(*kind)
+            .bind(data.as_str())
+            .bind(at)
+            .execute(&mut *tx)
+            .await
+            .map_err(err)?;
         }
         tx.commit().await.map_err(err)
     }
 
     /// Events after `after_seq`, in order, at most `limit`.
-    pub async fn run_events(&self, run_id: &str, after_seq: i64, limit: i64) -> Result<Vec<RunEvent>> {
+    pub async fn run_events(
+        &self,
+        run_id: &str,
+        after_seq: i64,
+        limit: i64,
+    ) -> Result<Vec<RunEvent>> {
         sqlx::query(
             "SELECT seq, kind, data FROM run_events WHERE run_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
         )
@@ -355,7 +371,12 @@ impl Store {
     }
 
     /// Ends a run that has not ended yet; whether it did.
-    pub async fn finish_run(&self, run_id: &str, to: RunStatus, o: &RunOutcome<'_>) -> Result<bool> {
+    pub async fn finish_run(
+        &self,
+        run_id: &str,
+        to: RunStatus,
+        o: &RunOutcome<'_>,
+    ) -> Result<bool> {
         let r = sqlx::query(
             "UPDATE runs SET status = $1, exit_code = $2, answer = $3, error = $4, \
              conversation_id = COALESCE($5, conversation_id), input_tokens = $6, output_tokens = $7, \

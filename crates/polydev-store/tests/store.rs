@@ -859,11 +859,20 @@ async fn runs_and_events(db: &TestDb) {
     let r = s.insert_run(&new("run-1", None)).await.unwrap();
     assert_eq!((r.status, r.event_count), (R::Queued, 0));
     // Status changes are compare-and-set.
-    assert!(!s.set_run_status("run-1", R::Starting, R::Running).await.unwrap());
-    assert!(s.set_run_status("run-1", R::Queued, R::Starting).await.unwrap());
+    assert!(!s
+        .set_run_status("run-1", R::Starting, R::Running)
+        .await
+        .unwrap());
+    assert!(s
+        .set_run_status("run-1", R::Queued, R::Starting)
+        .await
+        .unwrap());
     s.set_run_vm("run-1", "vm-1", "booted").await.unwrap();
     assert!(s.set_run_started("run-1", "p1").await.unwrap());
-    assert!(!s.set_run_started("run-1", "p2").await.unwrap(), "only from starting");
+    assert!(
+        !s.set_run_started("run-1", "p2").await.unwrap(),
+        "only from starting"
+    );
     // Events: numbered from 1, appended only at the next number.
     s.append_run_events(
         "run-1",
@@ -881,10 +890,16 @@ async fn runs_and_events(db: &TestDb) {
         .await
         .unwrap();
     let r = s.get_run("run-1").await.unwrap().unwrap();
-    assert_eq!(r.checkpoint.as_deref(), Some("{\"agentSeq\":4}"), "kept when none is given");
+    assert_eq!(
+        r.checkpoint.as_deref(),
+        Some("{\"agentSeq\":4}"),
+        "kept when none is given"
+    );
     let evs = s.run_events("run-1", 1, 100).await.unwrap();
     assert_eq!(
-        evs.iter().map(|e| (e.seq, e.kind.as_str())).collect::<Vec<_>>(),
+        evs.iter()
+            .map(|e| (e.seq, e.kind.as_str()))
+            .collect::<Vec<_>>(),
         [(2, "text"), (3, "result")]
     );
     assert_eq!(s.get_run("run-1").await.unwrap().unwrap().event_count, 3);
@@ -899,14 +914,25 @@ async fn runs_and_events(db: &TestDb) {
         ..Default::default()
     };
     assert!(s.finish_run("run-1", R::Completed, &done).await.unwrap());
-    assert!(!s.finish_run("run-1", R::Failed, &done).await.unwrap(), "ended once");
+    assert!(
+        !s.finish_run("run-1", R::Failed, &done).await.unwrap(),
+        "ended once"
+    );
     let r = s.get_run("run-1").await.unwrap().unwrap();
     assert_eq!(
-        (r.status, r.exit_code, r.cost_usd, r.conversation_id.as_deref()),
+        (
+            r.status,
+            r.exit_code,
+            r.cost_usd,
+            r.conversation_id.as_deref()
+        ),
         (R::Completed, Some(0), Some(0.25), Some("th-1"))
     );
     assert_eq!(
-        s.conversation_totals("u1", "codex", "th-1").await.unwrap().as_deref(),
+        s.conversation_totals("u1", "codex", "th-1")
+            .await
+            .unwrap()
+            .as_deref(),
         Some("{\"inputTokens\":10}")
     );
     s.insert_run(&new("run-2", Some("th-1"))).await.unwrap();
@@ -930,7 +956,9 @@ async fn credential_kinds_refresh_and_validity(db: &TestDb) {
         salt: &[3; 16],
         key_id: "mk_a",
     };
-    s.upsert_credential("u1", "codex", &parts(b"file-1")).await.unwrap();
+    s.upsert_credential("u1", "codex", &parts(b"file-1"))
+        .await
+        .unwrap();
     let row = s.get_credential("u1", "codex").await.unwrap().unwrap();
     assert_eq!((row.kind, row.expires_at), (CredentialKind::Oauth, None));
     // A refresh is compare-and-set on the old ciphertext.
@@ -943,7 +971,10 @@ async fn credential_kinds_refresh_and_validity(db: &TestDb) {
         .await
         .unwrap());
     let row = s.get_credential("u1", "codex").await.unwrap().unwrap();
-    assert_eq!((row.encrypted_data.as_slice(), row.expires_at), (&b"file-2"[..], Some(5)));
+    assert_eq!(
+        (row.encrypted_data.as_slice(), row.expires_at),
+        (&b"file-2"[..], Some(5))
+    );
     s.mark_credential("u1", "codex", Some("401 from the provider"))
         .await
         .unwrap();

@@ -178,7 +178,10 @@ fn missing_artifacts_are_a_clear_503() {
 
 #[test]
 fn runs_and_credentials_refuse_bad_input_in_words() {
-    let c = Controller::start(&[("POLYDEV_ACCEL", "tcg"), ("POLYDEV_MAX_PROMPT_BYTES", "1000")]);
+    let c = Controller::start(&[
+        ("POLYDEV_ACCEL", "tcg"),
+        ("POLYDEV_MAX_PROMPT_BYTES", "1000"),
+    ]);
     let run = |body: serde_json::Value| c.call("POST", "/api/runs", Some(&body.to_string()));
     let ok = |p: &str| serde_json::json!({"userId": "alice", "provider": p, "prompt": "hi"});
     let (st, b) = run(serde_json::json!({"userId": "alice", "provider": "claude", "prompt": "hi"}));
@@ -187,9 +190,14 @@ fn runs_and_credentials_refuse_bad_input_in_words() {
     assert_error(st, &b, 422, "invalid_user_id");
     let (st, b) = run(serde_json::json!({"userId": "alice", "provider": "codex"}));
     assert_error(st, &b, 422, "invalid_body");
-    let (st, b) = run(serde_json::json!({"userId": "alice", "provider": "codex", "prompt": "x".repeat(1001)}));
+    let (st, b) = run(
+        serde_json::json!({"userId": "alice", "provider": "codex", "prompt": "x".repeat(1001)}),
+    );
     assert_error(st, &b, 413, "prompt_too_large");
-    assert!(b["error"]["message"].as_str().unwrap().contains("1000"), "{b}");
+    assert!(
+        b["error"]["message"].as_str().unwrap().contains("1000"),
+        "{b}"
+    );
     let mut bad_conv = ok("codex");
     bad_conv["conversationId"] = "--help".into();
     let (st, b) = run(bad_conv);
@@ -201,7 +209,13 @@ fn runs_and_credentials_refuse_bad_input_in_words() {
     // A provider the user has not connected: 409 that says what to do.
     let (st, b) = run(ok("gemini_cli"));
     assert_error(st, &b, 409, "not_connected");
-    assert!(b["error"]["message"].as_str().unwrap().contains("/api/credentials/alice/gemini_cli"), "{b}");
+    assert!(
+        b["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("/api/credentials/alice/gemini_cli"),
+        "{b}"
+    );
     let (st, b) = c.call("GET", "/api/runs/run_nope", None);
     assert_error(st, &b, 404, "not_found");
     let (st, b) = c.call("GET", "/api/runs/run_nope/events", None);
@@ -209,18 +223,26 @@ fn runs_and_credentials_refuse_bad_input_in_words() {
     let (st, b) = c.call("POST", "/api/runs/run_nope/cancel", None);
     assert_error(st, &b, 404, "not_found");
     // Credentials: an API key is stored, listed without the secret, removed.
-    let put = |p: &str, body: &str| c.call("PUT", &format!("/api/credentials/alice/{p}"), Some(body));
+    let put =
+        |p: &str, body: &str| c.call("PUT", &format!("/api/credentials/alice/{p}"), Some(body));
     let (st, b) = put("codex", r#"{"apiKey":""}"#);
     assert_error(st, &b, 422, "invalid_api_key");
     let (st, b) = put("nope", r#"{"apiKey":"sk-1"}"#);
     assert_error(st, &b, 422, "invalid_provider");
     let (st, b) = put("codex", r#"{"apiKey":"sk-test-secret-123"}"#);
     assert_eq!(st, 200, "{b}");
-    assert_eq!((b["kind"].as_str(), b["valid"].as_bool()), (Some("api_key"), Some(true)), "{b}");
+    assert_eq!(
+        (b["kind"].as_str(), b["valid"].as_bool()),
+        (Some("api_key"), Some(true)),
+        "{b}"
+    );
     let (st, list) = c.call("GET", "/api/credentials?userId=alice", None);
     assert_eq!(st, 200, "{list}");
     assert_eq!(list["credentials"].as_array().unwrap().len(), 1, "{list}");
-    assert!(!list.to_string().contains("sk-test-secret"), "never a secret: {list}");
+    assert!(
+        !list.to_string().contains("sk-test-secret"),
+        "never a secret: {list}"
+    );
     assert!(!c.log().contains("sk-test-secret"), "never in the log");
     // Queued behind nothing, the run starts; cancel it before it can boot a VM.
     let (st, b) = run(ok("codex"));
@@ -252,17 +274,27 @@ fn runs_and_credentials_refuse_bad_input_in_words() {
 fn a_malformed_providers_file_stops_the_start_naming_the_line() {
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("providers.toml");
-    std::fs::write(&f, "[codex]\nconfig = [\"a=1\"]\n\n[claude_code]\nnot_a_key = 1\n").unwrap();
+    std::fs::write(
+        &f,
+        "[codex]\nconfig = [\"a=1\"]\n\n[claude_code]\nnot_a_key = 1\n",
+    )
+    .unwrap();
     let data = tempfile::tempdir().unwrap();
     let out = std::process::Command::new(common::BIN)
         .args(["serve"])
         .env("POLYDEV_DATA_DIR", data.path())
-        .env("POLYDEV_LISTEN", format!("127.0.0.1:{}", common::free_port()))
+        .env(
+            "POLYDEV_LISTEN",
+            format!("127.0.0.1:{}", common::free_port()),
+        )
         .env("POLYDEV_PROVIDERS_FILE", &f)
         .env("POLYDEV_EGRESS_UPLINK", "none")
         .output()
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("providers.toml, line 5") && err.contains("not_a_key"), "{err}");
+    assert!(
+        err.contains("providers.toml, line 5") && err.contains("not_a_key"),
+        "{err}"
+    );
 }

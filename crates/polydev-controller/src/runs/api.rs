@@ -41,8 +41,7 @@ fn check_word(what: &str, code: &'static str, v: &str) -> Result<(), ApiError> {
     let ok = !v.is_empty()
         && v.len() <= 256
         && !v.starts_with('-')
-        && v
-            .bytes()
+        && v.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"._:/@-".contains(&b));
     if ok {
         Ok(())
@@ -104,7 +103,9 @@ pub async fn create(
     let p: Provider = b
         .provider
         .parse()
-        .map_err(|e: polydev_core::ParseEnumError| unprocessable("invalid_provider", e.to_string()))?;
+        .map_err(|e: polydev_core::ParseEnumError| {
+            unprocessable("invalid_provider", e.to_string())
+        })?;
     let cfg = s.runs.config();
     if b.prompt.trim().is_empty() {
         return Err(unprocessable("invalid_prompt", "prompt is empty"));
@@ -121,7 +122,10 @@ pub async fn create(
         ));
     }
     if b.prompt.contains('\0') {
-        return Err(unprocessable("invalid_prompt", "prompt contains a NUL character"));
+        return Err(unprocessable(
+            "invalid_prompt",
+            "prompt contains a NUL character",
+        ));
     }
     if let Some(c) = &b.conversation_id {
         check_word("conversationId", "invalid_conversation_id", c)?;
@@ -220,8 +224,14 @@ pub async fn list(
         crate::api::validate_user_id(u)?;
     }
     let limit = q.limit.unwrap_or(50).clamp(1, 500);
-    let runs = s.runtime.store().list_runs(q.user_id.as_deref(), limit).await?;
-    Ok(Json(json!({"runs": runs.iter().map(run_json).collect::<Vec<_>>()})))
+    let runs = s
+        .runtime
+        .store()
+        .list_runs(q.user_id.as_deref(), limit)
+        .await?;
+    Ok(Json(
+        json!({"runs": runs.iter().map(run_json).collect::<Vec<_>>()}),
+    ))
 }
 
 /// `POST /api/runs/:id/cancel`.
@@ -282,7 +292,9 @@ pub async fn events(
         buf: VecDeque::new(),
     };
     let stream = futures_util::stream::unfold(state, |mut f| async move {
-        f.next().await.map(|e| (Ok::<_, std::convert::Infallible>(e), f))
+        f.next()
+            .await
+            .map(|e| (Ok::<_, std::convert::Infallible>(e), f))
     });
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
@@ -302,7 +314,12 @@ impl Feed {
         loop {
             if let Some(e) = self.buf.pop_front() {
                 self.after = e.seq;
-                return Some(Event::default().id(e.seq.to_string()).event(e.kind).data(e.data));
+                return Some(
+                    Event::default()
+                        .id(e.seq.to_string())
+                        .event(e.kind)
+                        .data(e.data),
+                );
             }
             // Read the status before the events: events stored before the
             // run ended are then all read below.
@@ -314,7 +331,13 @@ impl Feed {
                     false
                 }
             };
-            match self.s.runtime.store().run_events(&self.id, self.after, 256).await {
+            match self
+                .s
+                .runtime
+                .store()
+                .run_events(&self.id, self.after, 256)
+                .await
+            {
                 Ok(evs) if !evs.is_empty() => {
                     self.buf.extend(evs);
                     continue;

@@ -62,7 +62,11 @@ struct Events<'a> {
 }
 
 impl Events<'_> {
-    async fn put(&mut self, events: Vec<(Kind, Value)>, cp: Option<&Checkpoint>) -> Result<(), String> {
+    async fn put(
+        &mut self,
+        events: Vec<(Kind, Value)>,
+        cp: Option<&Checkpoint>,
+    ) -> Result<(), String> {
         let cp = cp.map(|c| serde_json::to_string(c).unwrap_or_default());
         let rows: Vec<(&str, String)> = events
             .iter()
@@ -88,7 +92,12 @@ impl Events<'_> {
 
 /// Carries `run` to its end (`reattach`: its CLI already runs; continue
 /// reading from the stored checkpoint).
-pub(super) async fn drive(runs: &Arc<Runs>, run: RunRecord, mut cancel: watch::Receiver<bool>, reattach: bool) {
+pub(super) async fn drive(
+    runs: &Arc<Runs>,
+    run: RunRecord,
+    mut cancel: watch::Receiver<bool>,
+    reattach: bool,
+) {
     let mut ev = Events {
         runs,
         run_id: run.run_id.clone(),
@@ -149,7 +158,11 @@ async fn start_run(
     if let Err(e) = runs
         .rt
         .store()
-        .set_run_vm(&run.run_id, &vm.vm_id, &json!(found).as_str().unwrap_or("").to_string())
+        .set_run_vm(
+            &run.run_id,
+            &vm.vm_id,
+            &json!(found).as_str().unwrap_or("").to_string(),
+        )
         .await
     {
         return (End::failed(e.to_string()), None, Some((vm, hold)));
@@ -161,7 +174,8 @@ async fn start_run(
         CredentialKind::ApiKey => Some(String::from_utf8_lossy(&opened.secret).into_owned()),
         CredentialKind::Oauth => {
             if let Err(e) =
-                credentials::reconcile_file(&runs.rt, &runs.vault, &vm, &run.user_id, p, &opened).await
+                credentials::reconcile_file(&runs.rt, &runs.vault, &vm, &run.user_id, p, &opened)
+                    .await
             {
                 return (End::failed(e), None, Some((vm, hold)));
             }
@@ -169,9 +183,10 @@ async fn start_run(
         }
     };
     if p == Provider::GeminiCli {
-        let selected = settings.selected_auth_type.clone().or_else(|| {
-            api_key.as_ref().map(|_| "gemini-api-key".to_string())
-        });
+        let selected = settings
+            .selected_auth_type
+            .clone()
+            .or_else(|| api_key.as_ref().map(|_| "gemini-api-key".to_string()));
         if let Some(t) = selected {
             if let Err(e) = gemini_settings(runs, &vm, &t).await {
                 return (End::failed(e), None, Some((vm, hold)));
@@ -201,8 +216,20 @@ async fn start_run(
         .await;
     let proc_id = match started.as_ref().map(|v| v["procId"].as_str()) {
         Ok(Some(id)) => id.to_string(),
-        Ok(None) => return (End::failed("the agent started the CLI but gave no process id"), None, Some((vm, hold))),
-        Err(e) => return (End::failed(format!("starting the CLI: {e}")), None, Some((vm, hold))),
+        Ok(None) => {
+            return (
+                End::failed("the agent started the CLI but gave no process id"),
+                None,
+                Some((vm, hold)),
+            )
+        }
+        Err(e) => {
+            return (
+                End::failed(format!("starting the CLI: {e}")),
+                None,
+                Some((vm, hold)),
+            )
+        }
     };
     match runs.rt.store().set_run_started(&run.run_id, &proc_id).await {
         Ok(true) => {}
@@ -210,7 +237,13 @@ async fn start_run(
             // Cancelled (or lost) between the start and its record.
             let _ = runs
                 .rt
-                .agent_call(&vm, "DELETE", &format!("/procs/{proc_id}"), None, Duration::from_secs(10))
+                .agent_call(
+                    &vm,
+                    "DELETE",
+                    &format!("/procs/{proc_id}"),
+                    None,
+                    Duration::from_secs(10),
+                )
                 .await;
             return (End::cancelled(), None, Some((vm, hold)));
         }
@@ -218,7 +251,10 @@ async fn start_run(
     let mut reader = Reader::new(Normalizer::new(p));
     if let Err(e) = ev
         .put(
-            vec![(Kind::Status, json!({"status": "running", "procId": proc_id}))],
+            vec![(
+                Kind::Status,
+                json!({"status": "running", "procId": proc_id}),
+            )],
             Some(reader.checkpoint()),
         )
         .await
@@ -236,15 +272,31 @@ async fn reattach_run(
     cancel: &mut watch::Receiver<bool>,
 ) -> Started {
     let (Some(vm_id), Some(proc_id)) = (&run.vm_id, &run.agent_proc_id) else {
-        return (End::failed("the controller restarted before the CLI's process was recorded"), None, None);
+        return (
+            End::failed("the controller restarted before the CLI's process was recorded"),
+            None,
+            None,
+        );
     };
     let vm = match runs.rt.store().get_vm(vm_id).await {
         Ok(Some(v)) if v.status == VmStatus::Running => v,
         Ok(Some(v)) => {
             let why = v.failure_reason.unwrap_or_else(|| v.status.to_string());
-            return (End::failed(format!("the CLI VM {vm_id} stopped while the controller was down: {why}")), None, None);
+            return (
+                End::failed(format!(
+                    "the CLI VM {vm_id} stopped while the controller was down: {why}"
+                )),
+                None,
+                None,
+            );
         }
-        Ok(None) => return (End::failed(format!("the CLI VM {vm_id} is gone")), None, None),
+        Ok(None) => {
+            return (
+                End::failed(format!("the CLI VM {vm_id} is gone")),
+                None,
+                None,
+            )
+        }
         Err(e) => return (End::failed(e.to_string()), None, None),
     };
     let hold = runs.cli.hold(&vm.vm_id);
@@ -253,7 +305,11 @@ async fn reattach_run(
         .as_deref()
         .and_then(|c| serde_json::from_str(c).ok());
     let Some(cp) = cp else {
-        return (End::failed("the run's reading checkpoint is missing or unreadable"), None, Some((vm, hold)));
+        return (
+            End::failed("the run's reading checkpoint is missing or unreadable"),
+            None,
+            Some((vm, hold)),
+        );
     };
     let mut reader = Reader::resume(cp);
     let end = follow(runs, run, &vm, proc_id, &mut reader, ev, cancel).await;
@@ -304,19 +360,28 @@ async fn follow(
                     RunStatus::Completed
                 };
                 let error = exit.timed_out.then(|| deadline_message(run));
-                return End { status, exit: Some(exit), error };
+                return End {
+                    status,
+                    exit: Some(exit),
+                    error,
+                };
             }
             Ok(None) => failures += 1,
             Err(Fatal(msg)) => return End::failed(msg),
         }
         if failures > MAX_RECONNECTS {
-            return End::failed("lost the CLI's output stream from the CLI VM's agent too many times");
+            return End::failed(
+                "lost the CLI's output stream from the CLI VM's agent too many times",
+            );
         }
         match runs.rt.store().get_vm(&vm.vm_id).await {
             Ok(Some(v)) if v.status == VmStatus::Running => {}
             Ok(Some(v)) => {
                 let why = v.failure_reason.unwrap_or_else(|| v.status.to_string());
-                return End::failed(format!("the CLI VM {} stopped during the run: {why}", vm.vm_id));
+                return End::failed(format!(
+                    "the CLI VM {} stopped during the run: {why}",
+                    vm.vm_id
+                ));
             }
             _ => return End::failed(format!("the CLI VM {} is gone", vm.vm_id)),
         }
@@ -338,7 +403,9 @@ async fn read_stream(
     let mut body = match target.stream(path, Duration::from_secs(10)).await {
         Ok(b) => b,
         Err(crate::agent_client::AgentError::Status { status: 404, .. }) => {
-            return Err(Fatal("the CLI's process is gone from the CLI VM (the VM restarted?)".into()))
+            return Err(Fatal(
+                "the CLI's process is gone from the CLI VM (the VM restarted?)".into(),
+            ))
         }
         Err(e) => {
             tracing::warn!(run_id = %ev.run_id, error = %e, "connecting to the CLI's output stream");
@@ -393,7 +460,13 @@ async fn read_stream(
 async fn kill(runs: &Runs, vm: &VmRecord, proc_id: &str) {
     if let Err(e) = runs
         .rt
-        .agent_call(vm, "DELETE", &format!("/procs/{proc_id}"), None, Duration::from_secs(10))
+        .agent_call(
+            vm,
+            "DELETE",
+            &format!("/procs/{proc_id}"),
+            None,
+            Duration::from_secs(10),
+        )
         .await
     {
         tracing::warn!(vm_id = %vm.vm_id, proc_id, error = %e, "killing a run's CLI");
@@ -454,7 +527,13 @@ fn is_auth_failure(text: &str) -> bool {
     })
 }
 
-async fn finish(runs: &Runs, run: &RunRecord, ev: &mut Events<'_>, reader: Option<&Reader>, end: End) {
+async fn finish(
+    runs: &Runs,
+    run: &RunRecord,
+    ev: &mut Events<'_>,
+    reader: Option<&Reader>,
+    end: End,
+) {
     let before: Option<Usage> = match &run.resume_id {
         Some(c) => runs
             .rt
@@ -467,7 +546,9 @@ async fn finish(runs: &Runs, run: &RunRecord, ev: &mut Events<'_>, reader: Optio
         None => None,
     };
     let summary = reader.map(|r| r.normalizer().summary(before));
-    let stderr = reader.map(|r| r.stderr_tail().trim().to_string()).unwrap_or_default();
+    let stderr = reader
+        .map(|r| r.stderr_tail().trim().to_string())
+        .unwrap_or_default();
     let mut status = end.status;
     let mut error = end.error.clone();
     if status == RunStatus::Completed {
@@ -475,10 +556,13 @@ async fn finish(runs: &Runs, run: &RunRecord, ev: &mut Events<'_>, reader: Optio
         let cli_error = summary.as_ref().is_some_and(|s| s.is_error);
         if code != Some(0) || cli_error {
             status = RunStatus::Failed;
-            let said = summary
-                .as_ref()
-                .and_then(|s| s.error.clone())
-                .or_else(|| stderr.lines().rev().find(|l| !l.trim().is_empty()).map(str::to_string));
+            let said = summary.as_ref().and_then(|s| s.error.clone()).or_else(|| {
+                stderr
+                    .lines()
+                    .rev()
+                    .find(|l| !l.trim().is_empty())
+                    .map(str::to_string)
+            });
             let how = match (code, end.exit.as_ref().and_then(|e| e.signal)) {
                 (Some(c), _) => format!("the CLI exited {c}"),
                 (None, Some(s)) => format!("the CLI was killed by signal {s}"),
@@ -505,7 +589,11 @@ async fn finish(runs: &Runs, run: &RunRecord, ev: &mut Events<'_>, reader: Optio
             }
         }
     } else if status == RunStatus::Completed {
-        let _ = runs.rt.store().mark_credential(&run.user_id, &run.provider, None).await;
+        let _ = runs
+            .rt
+            .store()
+            .mark_credential(&run.user_id, &run.provider, None)
+            .await;
     }
     if let Some(e) = &error {
         if status != RunStatus::Cancelled {
@@ -515,7 +603,9 @@ async fn finish(runs: &Runs, run: &RunRecord, ev: &mut Events<'_>, reader: Optio
         }
     }
     let s = summary.unwrap_or_default();
-    let totals = s.totals.map(|t| serde_json::to_string(&t).unwrap_or_default());
+    let totals = s
+        .totals
+        .map(|t| serde_json::to_string(&t).unwrap_or_default());
     let outcome = RunOutcome {
         exit_code: end.exit.as_ref().and_then(|e| e.code),
         answer: s.answer.as_deref(),
@@ -533,8 +623,15 @@ async fn finish(runs: &Runs, run: &RunRecord, ev: &mut Events<'_>, reader: Optio
         "conversationId": s.conversation_id,
     }))
     .await;
-    match runs.rt.store().finish_run(&run.run_id, status, &outcome).await {
-        Ok(true) => tracing::info!(run_id = %run.run_id, user_id = %run.user_id, status = %status, "run ended"),
+    match runs
+        .rt
+        .store()
+        .finish_run(&run.run_id, status, &outcome)
+        .await
+    {
+        Ok(true) => {
+            tracing::info!(run_id = %run.run_id, user_id = %run.user_id, status = %status, "run ended")
+        }
         Ok(false) => {}
         Err(e) => tracing::error!(run_id = %run.run_id, error = %e, "recording a run's end"),
     }
@@ -555,7 +652,11 @@ mod tests {
         ] {
             assert!(is_auth_failure(t), "{t}");
         }
-        for t in ["exit 1: connection refused", "read 14012 bytes", "model overloaded (529)"] {
+        for t in [
+            "exit 1: connection refused",
+            "read 14012 bytes",
+            "model overloaded (529)",
+        ] {
             assert!(!is_auth_failure(t), "{t}");
         }
     }

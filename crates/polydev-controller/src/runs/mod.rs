@@ -184,13 +184,16 @@ impl Runs {
 
     fn spawn(self: &Arc<Self>, run: RunRecord, reattach: bool) {
         let (tx, rx) = watch::channel(false);
-        self.active.lock().unwrap_or_else(|e| e.into_inner()).insert(
-            run.run_id.clone(),
-            Active {
-                user_id: run.user_id.clone(),
-                cancel: tx,
-            },
-        );
+        self.active
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                run.run_id.clone(),
+                Active {
+                    user_id: run.user_id.clone(),
+                    cancel: tx,
+                },
+            );
         let me = self.clone();
         tokio::spawn(async move {
             let id = run.run_id.clone();

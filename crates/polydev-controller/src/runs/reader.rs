@@ -264,7 +264,11 @@ mod tests {
             let mut got = texts(&first);
             got.extend(texts(&rest));
             assert_eq!(got, ["one ", "two"], "stopped after event {stop}");
-            assert_eq!(r2.stderr_tail(), "warn\n", "stderr once, stopped after {stop}");
+            assert_eq!(
+                r2.stderr_tail(),
+                "warn\n",
+                "stderr once, stopped after {stop}"
+            );
         }
     }
 
