@@ -282,8 +282,12 @@ pub fn spawn(cfg: &TerminalConfig, cols: u16, rows: u16) -> Result<Terminal, Str
             .map_err(|e| format!("cannot set close-on-exec on the pseudo-terminal: {e}"))?;
     }
     if let Some(u) = &user {
-        nix::unistd::fchown(pty.slave.as_raw_fd(), Some(u.uid.into()), Some(u.gid.into()))
-            .map_err(|e| format!("cannot hand the terminal to {}: {e}", u.name))?;
+        nix::unistd::fchown(
+            pty.slave.as_raw_fd(),
+            Some(u.uid.into()),
+            Some(u.gid.into()),
+        )
+        .map_err(|e| format!("cannot hand the terminal to {}: {e}", u.name))?;
     }
     let stdio = || {
         pty.slave
@@ -310,8 +314,7 @@ pub fn spawn(cfg: &TerminalConfig, cols: u16, rows: u16) -> Result<Terminal, Str
     })?;
     drop(cmd); // our copies of the slave: the master reads EIO once tmux lets go.
     drop(pty.slave);
-    let pty = Pty::new(pty.master)
-        .map_err(|e| format!("cannot watch the pseudo-terminal: {e}"))?;
+    let pty = Pty::new(pty.master).map_err(|e| format!("cannot watch the pseudo-terminal: {e}"))?;
     Ok(Terminal { child, pty })
 }
 
@@ -365,11 +368,17 @@ async fn serve(mut socket: WebSocket, mut term: Terminal, _permit: OwnedSemaphor
             stop_client(&mut term.child).await;
         }
         End::TerminalEnded => {
-            let _ = tokio::time::timeout(Duration::from_secs(2), term.child.wait()).await;
+            let status = tokio::time::timeout(Duration::from_secs(2), term.child.wait()).await;
             stop_client(&mut term.child).await;
-            let frame = CloseFrame {
-                code: ws::close_code::NORMAL,
-                reason: "the terminal session ended".into(),
+            let frame = match status {
+                Ok(Ok(s)) if !s.success() => CloseFrame {
+                    code: ws::close_code::ERROR,
+                    reason: format!("tmux failed ({s}); its message is in the terminal").into(),
+                },
+                _ => CloseFrame {
+                    code: ws::close_code::NORMAL,
+                    reason: "the terminal session ended".into(),
+                },
             };
             let _ = socket.send(Message::Close(Some(frame))).await;
             // Wait (briefly) for the client's close frame.
@@ -444,9 +453,13 @@ mod tests {
         assert_eq!(parse_size(None), Ok(DEFAULT_SIZE));
         assert_eq!(parse_size(Some("cols=100&rows=30")), Ok((100, 30)));
         assert_eq!(parse_size(Some("rows=5&x=1")), Ok((80, 5)));
-        assert!(parse_size(Some("cols=0")).unwrap_err().contains("between 1 and 1000"));
+        assert!(parse_size(Some("cols=0"))
+            .unwrap_err()
+            .contains("between 1 and 1000"));
         assert!(parse_size(Some("rows=1001")).is_err());
-        assert!(parse_size(Some("cols=abc")).unwrap_err().contains("not a number"));
+        assert!(parse_size(Some("cols=abc"))
+            .unwrap_err()
+            .contains("not a number"));
         assert!(parse_size(Some("cols=99999999999")).is_err());
     }
 

@@ -14,7 +14,8 @@ use polydev_agent::terminal::TerminalConfig;
 use polydev_agent::{api, config};
 use tokio_tungstenite::tungstenite::{self, Message};
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// A tmux server of the test's own; killed when dropped.
 struct Tmux {
@@ -195,8 +196,14 @@ async fn a_terminal_types_resizes_reattaches_and_ends() {
     assert_eq!(tmux.clients(), 1);
     ws.close(None).await.unwrap();
     drop(ws);
-    wait_for("the tmux client ends with the socket", || tmux.clients() == 0).await;
-    assert!(tmux.run(&["has-session", "-t", "t1"]).0, "the session stays");
+    wait_for("the tmux client ends with the socket", || {
+        tmux.clients() == 0
+    })
+    .await;
+    assert!(
+        tmux.run(&["has-session", "-t", "t1"]).0,
+        "the session stays"
+    );
 
     let mut ws = open(addr, "cols=90&rows=20").await;
     type_in(&mut ws, "echo again-$KEEP\r").await;
@@ -215,7 +222,10 @@ async fn a_terminal_types_resizes_reattaches_and_ends() {
     };
     let frame = frame.expect("a close frame with a code");
     assert_eq!(u16::from(frame.code), 1000, "{frame:?}");
-    assert!(!tmux.run(&["has-session", "-t", "t1"]).0, "the session ended");
+    assert!(
+        !tmux.run(&["has-session", "-t", "t1"]).0,
+        "the session ended"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -226,7 +236,11 @@ async fn refusals_come_before_the_upgrade() {
         Ok(_) => panic!("the terminal opened"),
         Err((st, body)) => {
             let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-            (st, v["error"]["code"].as_str().unwrap_or_default().to_string(), body)
+            (
+                st,
+                v["error"]["code"].as_str().unwrap_or_default().to_string(),
+                body,
+            )
         }
     };
     let (st, _, body) = code(connect(addr, "", None).await);
@@ -288,4 +302,22 @@ async fn plain_get(addr: std::net::SocketAddr, path: &str) -> String {
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).await.unwrap();
     String::from_utf8_lossy(&raw).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_tmux_closes_with_an_error() {
+    let tmux = Tmux::new("t4");
+    let mut cfg = tmux.config(2);
+    cfg.tmux = "false".into(); // starts, then exits 1 at once
+    let addr = start(cfg).await;
+    let mut ws = open(addr, "").await;
+    let frame = loop {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+            Ok(Some(Ok(Message::Close(f)))) => break f.expect("a close frame with a code"),
+            Ok(Some(Ok(_))) => {}
+            other => panic!("no close frame: {other:?}"),
+        }
+    };
+    assert_eq!(u16::from(frame.code), 1011, "{frame:?}");
+    assert!(frame.reason.contains("tmux failed"), "{frame:?}");
 }

@@ -133,16 +133,12 @@ pub async fn authorize(
     let presented = match (bearer(headers)?, query_token) {
         (Some(b), _) => b,
         (None, Some(q)) if q.starts_with(token::PREFIX) => q,
-        (None, Some(_)) => {
-            return Err(token_error(token::TokenError::Malformed(
-                "?token= takes a terminal token (pdt_…, from POST /api/users/{user}/terminal/token)",
-            )))
-        }
-        (None, None) => {
-            return Err(unauthorized(
-                "missing credentials: an API key (Authorization: Bearer) or a terminal token (?token=)",
-            ))
-        }
+        (None, Some(_)) => return Err(token_error(token::TokenError::Malformed(
+            "?token= takes a terminal token (pdt_…, from POST /api/users/{user}/terminal/token)",
+        ))),
+        (None, None) => return Err(unauthorized(
+            "missing credentials: an API key (Authorization: Bearer) or a terminal token (?token=)",
+        )),
     };
     if presented.starts_with(token::PREFIX) {
         return t.verify(presented, user_id).map(|_| ());
@@ -229,7 +225,12 @@ fn dim(what: &str, v: Option<u32>, default: u16) -> Result<u16, ApiError> {
 /// Without a live CLI VM, one must be bootable: 503 before the upgrade
 /// when the kernel or image is missing.
 async fn bootable(t: &Terminals, user_id: &str) -> Result<(), ApiError> {
-    let current = t.app.cli.current(user_id).await.map_err(ApiError::internal)?;
+    let current = t
+        .app
+        .cli
+        .current(user_id)
+        .await
+        .map_err(ApiError::internal)?;
     if current.is_none() {
         t.app.runtime.artifacts(Some(VmType::Cli)).map_err(|e| {
             ApiError::new(

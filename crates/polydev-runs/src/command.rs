@@ -74,6 +74,7 @@ pub fn run_command(p: Provider, spec: &RunSpec<'_>, s: &ProviderSettings) -> Run
             if let Some(r) = spec.resume {
                 push(&mut argv, &["--resume", r]);
             }
+            argv.extend(s.args.iter().cloned());
         }
         Provider::Codex => {
             push(&mut argv, &["codex", "exec"]);
@@ -91,6 +92,7 @@ pub fn run_command(p: Provider, spec: &RunSpec<'_>, s: &ProviderSettings) -> Run
             for c in &s.config {
                 push(&mut argv, &["-c", c]);
             }
+            argv.extend(s.args.iter().cloned());
             argv.push(spec.prompt.to_string());
         }
         Provider::GeminiCli => {
@@ -111,6 +113,7 @@ pub fn run_command(p: Provider, spec: &RunSpec<'_>, s: &ProviderSettings) -> Run
             if let Some(r) = spec.resume {
                 push(&mut argv, &["--resume", r]);
             }
+            argv.extend(s.args.iter().cloned());
         }
     }
     let mut env = s.env.clone();
@@ -168,6 +171,7 @@ mod tests {
         assert_eq!(c.env["ANTHROPIC_API_KEY"], "sk-x");
         let gw = ProviderSettings {
             config: vec!["openai_base_url=\"http://api.test/v1\"".into()],
+            args: vec!["--oss".into()],
             ..Default::default()
         };
         let c = run_command(
@@ -189,6 +193,7 @@ mod tests {
                 "--skip-git-repo-check",
                 "-c",
                 "openai_base_url=\"http://api.test/v1\"",
+                "--oss",
                 "p"
             ]
         );

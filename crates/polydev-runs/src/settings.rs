@@ -14,6 +14,7 @@
 //! [gemini_cli]
 //! env = { GOOGLE_GEMINI_BASE_URL = "https://llm-gateway.example.com" }
 //! selected_auth_type = "gemini-api-key"
+//! args = ["--approval-mode", "yolo"]
 //! ```
 //!
 //! Unknown providers and keys are errors, which name the line.
@@ -31,6 +32,10 @@ pub struct ProviderSettings {
     /// Codex `-c key=value` overrides.
     #[serde(default)]
     pub config: Vec<String>,
+    /// Extra arguments of every run, before the prompt (e.g. Gemini CLI's
+    /// `["--approval-mode", "yolo"]` so tools run without asking).
+    #[serde(default)]
+    pub args: Vec<String>,
     /// Default model (a run may ask for another).
     #[serde(default)]
     pub model: Option<String>,

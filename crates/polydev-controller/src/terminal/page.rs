@@ -146,7 +146,11 @@ mod tests {
     #[test]
     fn page_loads_only_vendored_files() {
         assert!(PAGE.contains("{{NONCE}}") && PAGE.contains("{{CONFIG}}"));
-        for f in ["/assets/xterm/xterm.js", "/assets/xterm/addon-fit.js", "/assets/xterm/xterm.css"] {
+        for f in [
+            "/assets/xterm/xterm.js",
+            "/assets/xterm/addon-fit.js",
+            "/assets/xterm/xterm.css",
+        ] {
             assert!(PAGE.contains(f), "{f}");
             let name = f.rsplit('/').next().unwrap();
             assert!(ASSETS.iter().any(|(n, _, _)| *n == name), "{name}");

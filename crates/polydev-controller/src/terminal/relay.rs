@@ -50,8 +50,8 @@ fn close(code: u16, reason: &str) -> Message {
 /// either side sends; every failure reaches the page as an error frame.
 pub async fn run(t: Arc<Terminals>, user: String, size: (u16, u16), mut page: WebSocket) {
     let started = Instant::now();
-    let mut pending_resize = None;
-    let (rec, hold) = match start_vm(&t, &user, &mut page, &mut pending_resize).await {
+    let mut early = Early::default();
+    let (rec, hold) = match start_vm(&t, &user, &mut page, &mut early).await {
         Ok(Some(v)) => v,
         Ok(None) => return, // the page left while the VM started
         Err(e) => return fail(page, &user, None, &e).await,
@@ -60,8 +60,10 @@ pub async fn run(t: Arc<Terminals>, user: String, size: (u16, u16), mut page: We
         Ok(a) => a,
         Err(e) => return fail(page, &user, Some(&rec.vm_id), &e).await,
     };
-    if let Some(r) = pending_resize {
-        let _ = agent.send(tungstenite::Message::Text(r)).await;
+    for m in early.frames {
+        if agent.send(m).await.is_err() {
+            return fail(page, &user, Some(&rec.vm_id), "lost the VM's agent").await;
+        }
     }
     tracing::info!(user_id = %user, vm_id = %rec.vm_id, setup_ms = started.elapsed().as_millis() as u64, "terminal connected");
     let gone = vm_gone(t.app.runtime.clone(), rec.vm_id.clone());
@@ -76,13 +78,31 @@ async fn fail(mut page: WebSocket, user: &str, vm_id: Option<&str>, e: &str) {
     let _ = page.send(close(CLOSE_ERROR, e)).await;
 }
 
+/// What the page sent before the agent's terminal existed, in order (at
+/// most [`MAX_MESSAGE`] bytes; later ones are dropped).
+#[derive(Default)]
+struct Early {
+    frames: Vec<tungstenite::Message>,
+    bytes: usize,
+}
+
+impl Early {
+    fn keep(&mut self, m: tungstenite::Message) {
+        let n = m.len();
+        if self.bytes + n <= MAX_MESSAGE {
+            self.bytes += n;
+            self.frames.push(m);
+        }
+    }
+}
+
 /// The user's CLI VM, running and held. Tells the page while it starts;
-/// keeps the page's last resize for the agent. `None`: the page left.
+/// keeps what the page sends meanwhile. `None`: the page left.
 async fn start_vm(
     t: &Terminals,
     user: &str,
     page: &mut WebSocket,
-    pending_resize: &mut Option<tungstenite::Utf8Bytes>,
+    early: &mut Early,
 ) -> Result<Option<(VmRecord, Hold)>, String> {
     let cli = &t.app.cli;
     let running = matches!(cli.current(user).await?, Some(v) if v.status == VmStatus::Running);
@@ -101,10 +121,9 @@ async fn start_vm(
                 }
                 return Ok(Some((rec, hold)));
             }
-            m = page.recv() => match m {
-                Some(Ok(Message::Text(s))) => *pending_resize = Some(s.as_str().into()),
-                Some(Ok(Message::Close(_)) | Err(_)) | None => return Ok(None),
-                Some(Ok(_)) => {} // typed before the terminal exists: dropped
+            m = page.recv() => match m.map(|r| r.map(to_agent)) {
+                Some(Ok(Some(m))) => early.keep(m),
+                Some(Ok(None) | Err(_)) | None => return Ok(None),
             },
         }
     }
@@ -113,17 +132,27 @@ async fn start_vm(
 /// Where the VM's agent listens and its bearer token (the VM's `agent.json`).
 fn agent_config(rec: &VmRecord) -> Result<AgentConfig, String> {
     let path = std::path::Path::new(&rec.dir).join(AGENT_FILE);
-    let raw = std::fs::read(&path)
-        .map_err(|e| format!("the VM's agent configuration is missing ({}): {e}", path.display()))?;
-    serde_json::from_slice(&raw).map_err(|e| format!("the VM's agent configuration is not valid: {e}"))
+    let raw = std::fs::read(&path).map_err(|e| {
+        format!(
+            "the VM's agent configuration is missing ({}): {e}",
+            path.display()
+        )
+    })?;
+    serde_json::from_slice(&raw)
+        .map_err(|e| format!("the VM's agent configuration is not valid: {e}"))
 }
 
 /// Opens the agent's `/terminal` WebSocket of `cols`×`rows` inside the VM's
 /// namespace. A refusal by the agent (too many terminals, no tmux) comes
 /// back with the agent's own message.
-pub async fn connect_agent(rec: &VmRecord, (cols, rows): (u16, u16)) -> Result<AgentSocket, String> {
+pub async fn connect_agent(
+    rec: &VmRecord,
+    (cols, rows): (u16, u16),
+) -> Result<AgentSocket, String> {
     let cfg = agent_config(rec)?;
-    let ip: Ipv4Addr = GUEST_ADDR.parse().map_err(|e| format!("guest address: {e}"))?;
+    let ip: Ipv4Addr = GUEST_ADDR
+        .parse()
+        .map_err(|e| format!("guest address: {e}"))?;
     let addr = SocketAddr::from((ip, cfg.port));
     let netns = rec.netns.clone();
     let std_stream = tokio::task::spawn_blocking(move || {
@@ -151,7 +180,9 @@ pub async fn connect_agent(rec: &VmRecord, (cols, rows): (u16, u16)) -> Result<A
     match tokio::time::timeout(Duration::from_secs(15), handshake).await {
         Err(_) => Err("the VM's agent did not open the terminal in 15 s".into()),
         Ok(Ok((ws, _))) => Ok(ws),
-        Ok(Err(tungstenite::Error::Http(r))) => Err(agent_refusal(r.status().as_u16(), r.body().as_deref())),
+        Ok(Err(tungstenite::Error::Http(r))) => {
+            Err(agent_refusal(r.status().as_u16(), r.body().as_deref()))
+        }
         Ok(Err(e)) => Err(format!("the VM's agent did not open the terminal: {e}")),
     }
 }
@@ -196,6 +227,7 @@ async fn pump(
             m = page.recv() => match m {
                 Some(Ok(m)) => {
                     let Some(m) = to_agent(m) else {
+                        let _ = page.flush().await; // our reply to its close
                         let _ = agent.close(None).await;
                         return "the page closed";
                     };

@@ -167,14 +167,13 @@ mod tests {
         );
         // A view token made under the same master key is not a terminal
         // token: other prefix, and its MAC is over another domain and key.
-        let view = crate::live::token::TokenKey::from_bytes([1; 32]).mint(
-            &crate::live::token::Claims {
+        let view =
+            crate::live::token::TokenKey::from_bytes([1; 32]).mint(&crate::live::token::Claims {
                 user_id: "alice".into(),
                 session_id: "as_1".into(),
                 expires_at: 10_000,
                 read_only: false,
-            },
-        );
+            });
         assert!(matches!(
             k.verify(&view, "alice", 0),
             Err(TokenError::Malformed(_))

@@ -48,6 +48,16 @@ pub struct Args {
     /// With `--egress`: bytes each throughput transfer sends.
     #[arg(long, default_value_t = 64 << 20)]
     egress_bytes: u64,
+    /// Instead of the boot figures: what a prompt run costs (POST → CLI
+    /// started and → first event with the VM running and hibernated, SSE
+    /// events per second, the same command straight through the agent
+    /// against the whole run through the API). Real Codex in a CLI VM, the
+    /// model stand-in behind the benchmark's own internet.
+    #[arg(long)]
+    runs: bool,
+    /// With `--runs`: runs per case.
+    #[arg(long, default_value_t = 3)]
+    runs_count: usize,
     /// Seconds a VM may take to become ready.
     #[arg(long, default_value_t = 300)]
     timeout_secs: u64,
@@ -162,6 +172,9 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     );
     if let Some(n) = a.connect {
         return connect_figures(&rt, n.max(1), &a.provider, a.warm).await;
+    }
+    if a.runs {
+        return super::bench_runs::run(&rt, a.runs_count.max(1)).await;
     }
     if a.egress {
         let deadline = Duration::from_secs(a.timeout_secs + 30);

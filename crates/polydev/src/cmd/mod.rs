@@ -3,6 +3,7 @@
 pub mod apikey;
 pub mod bench;
 pub mod bench_egress;
+pub mod bench_runs;
 pub mod common;
 pub mod doctor;
 pub mod image;
