@@ -23,6 +23,8 @@ PACKAGES=(
   # The live view: noVNC served by the controller; Chromium and Node.js for
   # the browser tests (playwright-core drives Debian's Chromium).
   novnc chromium nodejs
+  # The runs test: a TLS face for the model stand-in.
+  socat
 )
 
 step() { printf '\n==> %s\n' "$*" >&2; }

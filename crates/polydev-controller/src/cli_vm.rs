@@ -17,9 +17,8 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// Called with a running CLI VM before it hibernates.
-pub type BeforeHibernate =
-    Arc<dyn Fn(VmRecord) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+/// Called with a running CLI VM: before it hibernates, after it booted.
+pub type VmHook = Arc<dyn Fn(VmRecord) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
 
 /// How [`CliVms::ensure`] found the VM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -45,7 +44,8 @@ pub struct CliVms {
     idle: Duration,
     uses: Mutex<HashMap<String, Use>>,
     user_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    before_hibernate: std::sync::OnceLock<BeforeHibernate>,
+    before_hibernate: std::sync::OnceLock<VmHook>,
+    after_boot: std::sync::OnceLock<VmHook>,
 }
 
 /// A VM in use: it does not hibernate while held; dropping it records the
@@ -87,12 +87,19 @@ impl CliVms {
             uses: Mutex::new(HashMap::new()),
             user_locks: Mutex::new(HashMap::new()),
             before_hibernate: std::sync::OnceLock::new(),
+            after_boot: std::sync::OnceLock::new(),
         })
     }
 
     /// Sets what runs before an idle VM hibernates (once).
-    pub fn set_before_hibernate(&self, f: BeforeHibernate) {
+    pub fn set_before_hibernate(&self, f: VmHook) {
         let _ = self.before_hibernate.set(f);
+    }
+
+    /// Sets what runs when [`CliVms::ensure`] booted a VM (once): the
+    /// user's credential files go into its fresh home.
+    pub fn set_after_boot(&self, f: VmHook) {
+        let _ = self.after_boot.set(f);
     }
 
     /// The idle time.
@@ -173,7 +180,14 @@ impl CliVms {
                 .map_err(|e| e.to_string())?
                 .ok_or_else(|| format!("CLI VM {vm_id} vanished"))?;
             match r.status {
-                VmStatus::Running => return Ok((r, hold, found)),
+                VmStatus::Running => {
+                    if found == Found::Booted {
+                        if let Some(f) = self.after_boot.get() {
+                            f(r.clone()).await;
+                        }
+                    }
+                    return Ok((r, hold, found));
+                }
                 VmStatus::Creating if Instant::now() < until => {
                     tokio::time::sleep(Duration::from_millis(100)).await
                 }

@@ -202,6 +202,37 @@ pub async fn sync_all(rt: &Runtime, vault: &Keyring, rec: &VmRecord) {
     }
 }
 
+/// Installs every signed-in credential file of the VM's user that its home
+/// lacks (a new CLI VM, or a new home disk, gets the vault's current files).
+pub async fn restore_missing(rt: &Runtime, vault: &Keyring, rec: &VmRecord) {
+    let Ok(rows) = rt.store().list_credentials(Some(&rec.user_id)).await else {
+        return;
+    };
+    for row in rows.into_iter().filter(|r| r.kind == CredentialKind::Oauth) {
+        let Ok(p) = row.provider.parse::<Provider>() else {
+            continue;
+        };
+        let done = async {
+            if read_in_vm(rt, rec, p).await?.is_some() {
+                return Ok(false);
+            }
+            let Some(o) = open(rt, vault, &rec.user_id, p).await? else {
+                return Ok(false);
+            };
+            install_file(rt, rec, p, &o.secret).await.map(|_| true)
+        };
+        match done.await {
+            Ok(true) => {
+                tracing::info!(vm_id = %rec.vm_id, provider = %p, "credential file restored from the vault")
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(vm_id = %rec.vm_id, provider = %p, error = %e, "restoring a credential file")
+            }
+        }
+    }
+}
+
 fn row_json(r: &CredentialRow) -> serde_json::Value {
     serde_json::json!({
         "userId": r.user_id,

@@ -167,8 +167,18 @@ pub async fn serve(cfg: Config, auth_cfg: auth_flow::AuthFlowConfig) -> anyhow::
             let (rt, vault) = (rt2.clone(), vault.clone());
             Box::pin(async move { credentials::sync_all(&rt, &vault, &vm).await })
         }));
+        let (rt2, vault) = (rt.clone(), keyring.clone());
+        cli.set_after_boot(Arc::new(move |vm| {
+            let (rt, vault) = (rt2.clone(), vault.clone());
+            Box::pin(async move { credentials::restore_missing(&rt, &vault, &vm).await })
+        }));
     }
-    let runs = runs::Runs::new(rt.clone(), cli.clone(), keyring.clone(), rt.config().runs.clone());
+    let runs = runs::Runs::new(
+        rt.clone(),
+        cli.clone(),
+        keyring.clone(),
+        rt.config().runs.clone(),
+    );
     let auth = auth_flow::AuthFlow::new(rt.clone(), keyring, auth_cfg, cli.clone());
     let resumed = auth.recover().await?;
     tracing::info!(resumed, "sign-in sessions recovered");
@@ -180,14 +190,17 @@ pub async fn serve(cfg: Config, auth_cfg: auth_flow::AuthFlowConfig) -> anyhow::
         .map_err(|e| anyhow::anyhow!("listening on {listen}: {e}"))?;
     tracing::info!(%listen, store = %rt.store().kind(), "polydev controller listening");
     eprintln!("polydev: listening on http://{listen}");
-    axum::serve(listener, app(AppState {
+    axum::serve(
+        listener,
+        app(AppState {
             runtime: rt,
             auth,
             cli,
             runs,
-        }))
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+        }),
+    )
+    .with_graceful_shutdown(shutdown_signal())
+    .await?;
     Ok(())
 }
 

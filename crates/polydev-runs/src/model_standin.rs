@@ -16,7 +16,8 @@
 //! conversation says 2), streamed in at least three text deltas. A prompt
 //! with `RUN_SHELL: <command>` gets a call of the CLI's shell tool with that
 //! command, and once the tool's result comes back, `standin answer <n>: tool
-//! said: <first line of the output>`. Every final event carries usage: input
+//! said: <first line of the output>`. `WORDS: <k>` answers k words, one
+//! delta each; `SLOW` sends the answer's events 0.7 s apart. Every final event carries usage: input
 //! 10 × user turns, output 5. The key `bad-key` gets 401 in the provider's
 //! error shape; a body that is not JSON gets 400 in it; any other path 404
 //! (everything is logged). User turns are user messages with text of the
@@ -285,10 +286,19 @@ impl Conversation {
                 first_output_line(out)
             )),
             (Some(cmd), None) => Reply::Shell(cmd),
-            (None, _) => Reply::Text(format!(
-                "standin answer {n}: {}",
-                echo(&self.last_user_text)
-            )),
+            (None, _) => match words_request(&self.last_user_text) {
+                Some(k) => Reply::Text(format!(
+                    "standin answer {n}: {}",
+                    (1..=k)
+                        .map(|i| format!("w{i}"))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                )),
+                None => Reply::Text(format!(
+                    "standin answer {n}: {}",
+                    echo(&self.last_user_text)
+                )),
+            },
         }
     }
 
@@ -302,6 +312,23 @@ fn shell_request(text: &str) -> Option<String> {
     let (_, rest) = text.split_once("RUN_SHELL:")?;
     let cmd = rest.lines().next().unwrap_or("").trim();
     (!cmd.is_empty()).then(|| cmd.to_string())
+}
+
+/// The word count after `WORDS:` (at most 20,000): a long answer streamed
+/// one word per delta, for throughput figures.
+fn words_request(text: &str) -> Option<usize> {
+    let (_, rest) = text.split_once("WORDS:")?;
+    let n: usize = rest.split_whitespace().next()?.parse().ok()?;
+    Some(n.clamp(1, 20_000))
+}
+
+/// A prompt with `SLOW` gets its answer's events one every
+/// [`SLOW_EVENT_GAP`] (for tests that act while a run streams).
+pub const SLOW_EVENT_GAP: std::time::Duration = std::time::Duration::from_millis(700);
+
+/// Whether a request asks for the slow pace: its last user text says `SLOW`.
+fn is_slow(conv: &Conversation) -> bool {
+    conv.last_user_text.contains("SLOW")
 }
 
 /// A short, one-line echo of the user's text.
@@ -351,8 +378,16 @@ fn is_injected(text: &str) -> bool {
         || t.starts_with("# AGENTS.md instructions")
 }
 
-/// Splits text into at least three pieces (fewer only for under 3 chars).
+/// Splits text into at least three pieces (fewer only for under 3 chars);
+/// a text of more than 40 words, one piece per word.
 fn pieces(text: &str) -> Vec<String> {
+    if text.split(' ').count() > 40 {
+        let mut out: Vec<String> = text.split(' ').map(|w| format!("{w} ")).collect();
+        if let Some(last) = out.last_mut() {
+            last.pop();
+        }
+        return out;
+    }
     let chars: Vec<char> = text.chars().collect();
     let size = chars.len().div_ceil(3).max(1);
     chars.chunks(size).map(|c| c.iter().collect()).collect()
@@ -384,6 +419,38 @@ fn sse_data(chunks: &[Value]) -> String {
         .iter()
         .map(|data| format!("data: {data}\r\n\r\n"))
         .collect()
+}
+
+/// An SSE body sent one event at a time, [`SLOW_EVENT_GAP`] apart.
+fn sse_paced(body: String) -> Response {
+    let sep = if body.contains("\r\n\r\n") {
+        "\r\n\r\n"
+    } else {
+        "\n\n"
+    };
+    let events: Vec<String> = body.split_inclusive(sep).map(str::to_string).collect();
+    let stream = futures_util::stream::unfold(events.into_iter(), |mut it| async move {
+        let e = it.next()?;
+        tokio::time::sleep(SLOW_EVENT_GAP).await;
+        Some((Ok::<_, std::convert::Infallible>(e), it))
+    });
+    (
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        axum::body::Body::from_stream(stream),
+    )
+        .into_response()
+}
+
+fn sse_maybe_paced(body: String, slow: bool) -> Response {
+    if slow {
+        sse_paced(body)
+    } else {
+        sse_response(body)
+    }
 }
 
 fn sse_response(body: String) -> Response {
@@ -546,7 +613,7 @@ mod anthropic {
         let id = st.next_id();
         let block = content_block(&conv.reply(), id);
         if body["stream"].as_bool().unwrap_or(false) {
-            sse_response(stream(&model, id, &block, &conv))
+            sse_maybe_paced(stream(&model, id, &block, &conv), is_slow(&conv))
         } else {
             json_response(StatusCode::OK, whole(&model, id, &block, &conv))
         }
@@ -768,7 +835,7 @@ mod openai {
         }
         let (response, events) = answer(&st, &body, &conv);
         if body["stream"].as_bool().unwrap_or(false) {
-            sse_response(sse_named(&events))
+            sse_maybe_paced(sse_named(&events), is_slow(&conv))
         } else {
             json_response(StatusCode::OK, response)
         }
@@ -833,7 +900,11 @@ mod openai {
                 Message::Close(_) => break,
                 _ => continue,
             };
+            let slow = text.contains("SLOW");
             for event in ws_message(&st, &ctx, &text, &mut prev) {
+                if slow {
+                    tokio::time::sleep(SLOW_EVENT_GAP).await;
+                }
                 if socket
                     .send(Message::Text(event.to_string().into()))
                     .await
@@ -1322,7 +1393,7 @@ mod gemini {
             _ => {
                 let chunks = chunks(&body, &model, &conv, st.next_id());
                 if req.query_param("alt").as_deref() == Some("sse") {
-                    sse_response(sse_data(&chunks))
+                    sse_maybe_paced(sse_data(&chunks), is_slow(&conv))
                 } else {
                     json_response(StatusCode::OK, Value::Array(chunks))
                 }
@@ -1478,6 +1549,24 @@ mod gemini {
 /// The ChatGPT sign-in's token endpoint (`auth.openai.com/oauth/token`):
 /// refreshes rotate, the k-th returning access token `standin-access-<k>`,
 /// refresh token `standin-refresh-<k>` and a fresh (unsigned) id token.
+/// A Codex `auth.json` signed in with ChatGPT: generation `k` of the
+/// stand-in's tokens (`standin-access-<k>`), last refreshed at
+/// `last_refresh` (RFC 3339; Codex refreshes when it is over 8 days old).
+pub fn codex_auth_file(k: u64, last_refresh: &str) -> String {
+    let t = oauth::tokens(k);
+    json!({
+        "OPENAI_API_KEY": null,
+        "tokens": {
+            "id_token": t["id_token"],
+            "access_token": t["access_token"],
+            "refresh_token": t["refresh_token"],
+            "account_id": oauth::ACCOUNT_ID,
+        },
+        "last_refresh": last_refresh,
+    })
+    .to_string()
+}
+
 mod oauth {
     use super::*;
 
@@ -1688,13 +1777,13 @@ mod tests {
     use axum::http::Request;
     use tower::ServiceExt;
 
-    struct Reply {
+    struct Answer {
         status: StatusCode,
         content_type: String,
         body: String,
     }
 
-    impl Reply {
+    impl Answer {
         fn json(&self) -> Value {
             serde_json::from_str(&self.body).unwrap_or(Value::Null)
         }
@@ -1706,7 +1795,7 @@ mod tests {
         uri: &str,
         headers: &[(&str, &str)],
         body: &str,
-    ) -> Reply {
+    ) -> Answer {
         let mut req = Request::builder().method(method).uri(uri);
         for (k, v) in headers {
             req = req.header(*k, *v);
@@ -1723,7 +1812,7 @@ mod tests {
         let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
             .await
             .unwrap();
-        Reply {
+        Answer {
             status,
             content_type,
             body: String::from_utf8(bytes.to_vec()).unwrap(),

@@ -198,6 +198,17 @@ impl Normalizer {
                 json!({"phase": raw["subtype"].as_str().unwrap_or("system"), "conversationId": self.conversation_id, "model": raw["model"]}),
                 raw,
             )],
+            // An API failure Claude Code shows as an assistant message.
+            "assistant" if raw["error"].is_string() || raw["is_api_error_message"] == true => {
+                let m = text_of(&raw["message"]["content"]);
+                let m = if m.is_empty() {
+                    raw["error"].as_str().unwrap_or("API error").to_string()
+                } else {
+                    m
+                };
+                self.fail(m.clone());
+                vec![ev(Kind::Error, json!({"message": m}), raw)]
+            }
             "assistant" | "user" => {
                 let mut out = Vec::new();
                 for b in raw["message"]["content"].as_array().into_iter().flatten() {
@@ -279,15 +290,23 @@ impl Normalizer {
                         json!({"id": item["id"], "output": item["aggregated_output"], "exitCode": item["exit_code"], "isError": item["exit_code"].as_i64().is_some_and(|c| c != 0)}),
                         raw,
                     )],
+                    // A transport notice ("Falling back from WebSockets…"),
+                    // not the run's failure: `turn.failed` says that.
                     "error" => {
                         let m = item["message"].as_str().unwrap_or("error").to_string();
-                        self.fail(m.clone());
-                        vec![ev(Kind::Error, json!({"message": m}), raw)]
+                        vec![ev(
+                            Kind::Status,
+                            json!({"phase": "notice", "message": m}),
+                            raw,
+                        )]
                     }
                     other => vec![ev(Kind::Status, json!({"phase": t, "item": other}), raw)],
                 }
             }
             "turn.completed" => {
+                // Errors before a completed turn were retries it got past.
+                self.is_error = false;
+                self.error = None;
                 let usage = &raw["usage"];
                 self.totals = Some(Usage {
                     input_tokens: u(usage, "input_tokens"),
@@ -297,6 +316,17 @@ impl Normalizer {
                 vec![ev(
                     Kind::Result,
                     json!({"isError": self.is_error, "answer": self.answer, "conversationId": self.conversation_id}),
+                    raw,
+                )]
+            }
+            "error"
+                if raw["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("Reconnecting")) =>
+            {
+                vec![ev(
+                    Kind::Status,
+                    json!({"phase": "reconnecting", "message": raw["message"]}),
                     raw,
                 )]
             }
@@ -379,12 +409,21 @@ impl Normalizer {
     }
 
     /// The run's summary; `before` is the conversation's totals after the
-    /// previous run (Claude's and Codex's figures are cumulative over a
-    /// conversation; Gemini's are per run).
+    /// previous run. Codex's tokens and Claude's cost are cumulative over a
+    /// conversation (this run's share is the difference); Claude's tokens
+    /// and Gemini's figures are per run.
     pub fn summary(&self, before: Option<Usage>) -> Summary {
         let usage = self.totals.map(|t| match (self.provider, before) {
             (Provider::GeminiCli, _) | (_, None) => t,
-            (_, Some(b)) => t.minus(b),
+            // Claude's tokens are this run's; its cost is the session's.
+            (Provider::ClaudeCode, Some(b)) => Usage {
+                cost_usd: match (t.cost_usd, b.cost_usd) {
+                    (Some(a), Some(b)) if a >= b => Some(a - b),
+                    (a, _) => a,
+                },
+                ..t
+            },
+            (Provider::Codex, Some(b)) => t.minus(b),
         });
         Summary {
             conversation_id: self.conversation_id.clone(),
@@ -445,9 +484,38 @@ mod tests {
         assert_eq!(s.conversation_id.as_deref(), Some("s-1"));
         assert_eq!(s.answer.as_deref(), Some("One file."));
         let u = s.usage.unwrap();
-        assert_eq!((u.input_tokens, u.output_tokens), (70, 20));
+        // Tokens as reported (this run's), cost minus the session's before.
+        assert_eq!((u.input_tokens, u.output_tokens), (120, 30));
         assert!((u.cost_usd.unwrap() - 0.02).abs() < 1e-9);
         assert!(!s.is_error);
+    }
+
+    #[test]
+    fn codex_transport_notices_do_not_fail_a_completed_turn() {
+        let (e, n) = run(
+            Provider::Codex,
+            &[
+                r#"{"type":"thread.started","thread_id":"t-1"}"#,
+                r#"{"type":"error","message":"Reconnecting... 1/5 (stream disconnected)"}"#,
+                r#"{"type":"item.completed","item":{"id":"i0","type":"error","message":"Falling back from WebSockets to HTTPS transport."}}"#,
+                r#"{"type":"item.completed","item":{"id":"i1","type":"agent_message","text":"hi"}}"#,
+                r#"{"type":"turn.completed","usage":{"input_tokens":10,"output_tokens":5}}"#,
+            ],
+        );
+        assert!(!kinds(&e).contains(&"error"), "{:?}", kinds(&e));
+        assert!(!n.summary(None).is_error);
+    }
+
+    #[test]
+    fn claude_api_error_message_is_an_error_not_the_answer() {
+        let (e, n) = run(
+            Provider::ClaudeCode,
+            &[
+                r#"{"type":"assistant","message":{"content":[{"type":"text","text":"Invalid API key · Fix external API key"}]},"error":"authentication_failed","is_api_error_message":true}"#,
+            ],
+        );
+        assert_eq!(kinds(&e), ["error"]);
+        assert!(n.summary(None).is_error && n.summary(None).answer.is_none());
     }
 
     #[test]

@@ -37,11 +37,12 @@ fn providers_file(dir: &std::path::Path) -> String {
     let text = format!(
         r#"
 [claude_code]
-env = {{ ANTHROPIC_BASE_URL = "{base}", DISABLE_TELEMETRY = "1", CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC = "1" }}
+env = {{ ANTHROPIC_BASE_URL = "{base}", DISABLE_TELEMETRY = "1", CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC = "1", CLAUDE_CODE_MAX_RETRIES = "1" }}
 permission_mode = "bypassPermissions"
 
 [codex]
-config = ['openai_base_url="{base}/v1"']
+config = ['openai_base_url="{base}/v1"', 'chatgpt_base_url="https://chatgpt.provider.test/backend-api"']
+env = {{ CODEX_REFRESH_TOKEN_URL_OVERRIDE = "{base}/oauth/token", CODEX_CA_CERTIFICATE = "/home/polydev/.standin-ca.pem" }}
 
 [gemini_cli]
 env = {{ GOOGLE_GEMINI_BASE_URL = "{base}" }}
@@ -256,13 +257,7 @@ fn one_cli(c: &Controller, std: &ModelStandin, provider: &str) {
         assert!(t[k].is_i64(), "timing {k}: {r}");
     }
     // A tool call the stand-in asks for runs in the VM; its output streams.
-    let (r, evs) = prompt(
-        c,
-        user,
-        provider,
-        "RUN_SHELL: echo tool-$((6*7))",
-        json!({}),
-    );
+    let (r, evs) = prompt(c, user, provider, "RUN_SHELL: echo tool-$HOME", json!({}));
     assert_eq!(r["status"], "completed", "{r}\nevents: {evs:?}");
     assert!(
         kinds(&evs).contains(&"tool_use"),
@@ -275,14 +270,14 @@ fn one_cli(c: &Controller, std: &ModelStandin, provider: &str) {
         .map(|e| e.2.to_string())
         .collect();
     assert!(
-        results.contains("tool-42"),
+        results.contains("tool-/home/polydev"),
         "{provider} tool results: {results}"
     );
     assert!(
         r["answer"]
             .as_str()
             .unwrap_or_default()
-            .contains("tool said: tool-42"),
+            .contains("tool said: tool-/home/polydev"),
         "{r}"
     );
     // The conversation continues: the stand-in sees two user turns.
@@ -362,6 +357,13 @@ fn the_real_clis_run_prompts_streamed_from_the_users_cli_vm() {
     ]);
     let mut c = Controller::start(&vars);
 
+    // The stand-in's TLS face (ChatGPT sign-in needs https), and its CA in
+    // the user's home before any run.
+    let tls = StandinTls::start(&net.ns, dir.path());
+    let first_vm = c.create_vm("cli", "ann");
+    let v = c.wait_settled(&first_vm, Duration::from_secs(600));
+    assert_eq!(v["status"], "running", "{v}");
+    write_ca(&guest(&c, &first_vm), &tls.ca_pem);
     for p in ["codex", "claude_code", "gemini_cli"] {
         one_cli(&c, &std, p);
     }
@@ -489,13 +491,167 @@ fn the_real_clis_run_prompts_streamed_from_the_users_cli_vm() {
         1,
         "one kernel boot"
     );
+    refresh_then_fresh_vm(&mut c, &std, &vm_id);
     assert_eq!(
         net.leaked_packets(),
         0,
         "VM packets went to the host's real uplink"
     );
+    drop(tls);
     let _ = g.vm_id;
     eprintln!("runs test: {:.0} s", t0.elapsed().as_secs_f64());
+}
+
+/// A TLS terminator for `chatgpt.provider.test:443` in front of the
+/// stand-in (socat, in the test internet's namespace), with a throwaway CA.
+struct StandinTls {
+    child: std::process::Child,
+    ca_pem: String,
+}
+
+impl StandinTls {
+    fn start(ns: &str, dir: &std::path::Path) -> StandinTls {
+        let sh = |script: &str| {
+            let out = std::process::Command::new("bash")
+                .args(["-c", script])
+                .current_dir(dir)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{script}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        sh("openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=standin-ca -keyout ca.key -out ca.pem 2>/dev/null");
+        sh("openssl req -newkey rsa:2048 -nodes -subj /CN=chatgpt.provider.test -keyout srv.key -out srv.csr 2>/dev/null \
+            && printf 'subjectAltName=DNS:chatgpt.provider.test\nbasicConstraints=CA:FALSE\n' > ext.cnf \
+            && openssl x509 -req -in srv.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -extfile ext.cnf -out srv.pem 2>/dev/null");
+        let listen = format!(
+            "OPENSSL-LISTEN:443,bind={},reuseaddr,fork,cert={},key={},verify=0",
+            common::internet::EXTRA_ADDR,
+            dir.join("srv.pem").display(),
+            dir.join("srv.key").display()
+        );
+        let to = format!("TCP:{}:{STANDIN_PORT}", common::internet::EXTRA_ADDR);
+        let child = std::process::Command::new("ip")
+            .args(["netns", "exec", ns, "socat", &listen, &to])
+            .spawn()
+            .expect("socat (scripts/setup.sh installs it)");
+        StandinTls {
+            child,
+            ca_pem: std::fs::read_to_string(dir.join("ca.pem")).unwrap(),
+        }
+    }
+}
+
+impl Drop for StandinTls {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn write_ca(g: &Guest, pem: &str) {
+    use base64::Engine;
+    let body = json!({
+        "path": "/home/polydev/.standin-ca.pem",
+        "contentBase64": base64::engine::general_purpose::STANDARD.encode(pem),
+        "mode": "0644",
+        "owner": "polydev",
+    });
+    let (code, v) = common::agent_post(&g.ns, &g.token, "/files", &body);
+    assert_eq!(code, 200, "{v}");
+}
+
+/// Codex signed in with ChatGPT refreshes its token during a run (the
+/// stand-in's token endpoint rotates it); the vault gets the new file, and a
+/// fresh CLI VM with a fresh home gets it from the vault.
+fn refresh_then_fresh_vm(c: &mut Controller, std: &ModelStandin, vm_id: &str) {
+    c.kill();
+    c.env.retain(|(k, _)| k != "POLYDEV_CLI_IDLE_SECS");
+    c.env.push(("POLYDEV_CLI_IDLE_SECS".into(), "3600".into()));
+    c.spawn();
+    let file = model_standin::codex_auth_file(0, "2026-01-01T00:00:00Z");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let data = c.data_dir().to_path_buf();
+    let sealed_row = |store: &polydev_store::Store| {
+        let store = store.clone();
+        async move { store.get_credential("ann", "codex").await.unwrap().unwrap() }
+    };
+    let store = rt.block_on(async {
+        let store = polydev_store::Store::connect(&format!(
+            "sqlite://{}",
+            data.join("polydev.db").display()
+        ))
+        .await
+        .unwrap();
+        let vault = polydev_vault::Keyring::new(
+            polydev_vault::MasterKey::from_file(&data.join("master.key")).unwrap(),
+        );
+        let s = vault.seal("ann", "codex", file.as_bytes());
+        store
+            .put_credential(
+                "ann",
+                "codex",
+                polydev_core::run::CredentialKind::Oauth,
+                None,
+                &polydev_store::SealedParts {
+                    encrypted_data: &s.ciphertext,
+                    iv: &s.iv,
+                    tag: &s.tag,
+                    salt: &s.salt,
+                    key_id: &s.key_id,
+                },
+            )
+            .await
+            .unwrap();
+        store
+    });
+    let before = rt.block_on(sealed_row(&store)).encrypted_data;
+    let refreshes = std.refreshes();
+    let (r, evs) = prompt(c, "ann", "codex", "say hello", json!({}));
+    assert_eq!(r["status"], "completed", "{r}\n{evs:?}");
+    assert!(std.refreshes() > refreshes, "the CLI refreshed its token");
+    let row = rt.block_on(sealed_row(&store));
+    assert_ne!(row.encrypted_data, before, "the vault row changed");
+    let cr = credential(c, "ann", "codex");
+    assert_eq!(
+        (cr["kind"].as_str(), cr["valid"].as_bool()),
+        (Some("oauth"), Some(true)),
+        "{cr}"
+    );
+    let used = std
+        .requests()
+        .into_iter()
+        .rev()
+        .find(|q| q.path.contains("backend-api/codex"));
+    assert!(
+        used.and_then(|q| q.api_key)
+            .is_some_and(|k| k.starts_with("standin-access-") && k != "standin-access-0"),
+        "the turn used the rotated token"
+    );
+    // A fresh CLI VM on a fresh home gets the vault's (rotated) file.
+    let (st, v) = c.call("DELETE", &format!("/api/vms/{vm_id}"), None);
+    assert_eq!(st, 200, "{v}");
+    std::fs::remove_file(data.join("users/ann/home.ext4")).unwrap();
+    let (r, _) = prompt(c, "ann", "claude_code", "say hello", json!({}));
+    assert_eq!(
+        (r["status"].as_str(), r["vm"].as_str()),
+        (Some("completed"), Some("booted")),
+        "{r}"
+    );
+    let g = guest(c, r["vmId"].as_str().unwrap());
+    let (_, out, _) = exec(
+        &g.ns,
+        &g.token,
+        &["cat", "/home/polydev/.codex/auth.json"],
+        None,
+    );
+    assert!(
+        out.contains("standin-access-") && !out.contains("standin-access-0\""),
+        "the fresh VM has the rotated file: {out}"
+    );
 }
 
 /// The events stored so far, without waiting for the end.
