@@ -1555,6 +1555,7 @@ mod gemini {
 pub fn codex_auth_file(k: u64, last_refresh: &str) -> String {
     let t = oauth::tokens(k);
     json!({
+        "auth_mode": "chatgpt",
         "OPENAI_API_KEY": null,
         "tokens": {
             "id_token": t["id_token"],

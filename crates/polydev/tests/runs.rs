@@ -13,7 +13,8 @@
 //!   history); a 401 fails the run with the CLI's message and marks the
 //!   credential invalid;
 //! - cancel leaves no CLI process in the guest;
-//! - codex with its API unreachable (the VM's internet off) ends `timeout`;
+//! - offline (the VM's internet off), three runs of one user at once: codex
+//!   ends `timeout` at the deadline, Claude and Gemini give up `failed`;
 //! - a controller SIGKILL mid-run: the SSE stream resumes with
 //!   `Last-Event-ID`, no event lost or repeated, the run ends `completed`;
 //! - an idle CLI VM hibernates; the next run resumes it (one kernel boot).
@@ -354,6 +355,7 @@ fn the_real_clis_run_prompts_streamed_from_the_users_cli_vm() {
         ("POLYDEV_CLI_VCPUS", "2"),
         ("POLYDEV_CLI_MEMORY_MB", "2048"),
         ("POLYDEV_CLI_IDLE_SECS", "3600"),
+        ("POLYDEV_RUNS_PER_USER", "3"),
     ]);
     let mut c = Controller::start(&vars);
 
@@ -398,18 +400,46 @@ fn the_real_clis_run_prompts_streamed_from_the_users_cli_vm() {
     assert_eq!(evs.last().unwrap().2["status"], "cancelled", "{evs:?}");
     assert_eq!(cli_processes(&g), "", "no CLI process is left after cancel");
 
-    // Codex with its API unreachable ends at the deadline.
+    // Offline (the VM's internet off), three runs of one user at once:
+    // Codex never gives up, so the deadline ends it (`timeout`); Claude and
+    // Gemini give up on their own (`failed`, with their message), and no
+    // credential is called refused for it.
     let (st, v) = c.call(
         "PUT",
         &format!("/api/vms/{vm_id}/egress"),
         Some(r#"{"internet":false}"#),
     );
     assert_eq!(st, 200, "{v}");
-    let (r, _) = prompt(&c, "ann", "codex", "say hello", json!({"timeoutSecs": 25}));
-    assert_eq!(r["status"], "timeout", "{r}");
+    let t = Instant::now();
+    let offline: Vec<(&str, String)> = [("codex", 25), ("claude_code", 900), ("gemini_cli", 900)]
+        .into_iter()
+        .map(|(p, secs)| {
+            let body =
+                json!({"userId": "ann", "provider": p, "prompt": "say hello", "timeoutSecs": secs});
+            (p, start_run(&c, body))
+        })
+        .collect();
+    for (p, id) in &offline {
+        sse(&c, id, 0, None);
+        let r = run_of(&c, id);
+        eprintln!(
+            "  {p} offline: {} at {:.0} s: {}",
+            r["status"],
+            t.elapsed().as_secs_f64(),
+            r["error"]
+        );
+        let want = if *p == "codex" { "timeout" } else { "failed" };
+        assert_eq!(r["status"], want, "{p} offline: {r}");
+        let err = r["error"].as_str().unwrap_or_default();
+        assert!(!err.is_empty() && !err.contains("reconnect"), "{p}: {r}");
+        assert_eq!(credential(&c, "ann", p)["valid"], true, "{p} still valid");
+    }
     assert!(
-        r["error"].as_str().unwrap_or_default().contains("deadline"),
-        "{r}"
+        run_of(&c, &offline[0].1)["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("deadline"),
+        "codex ends at the deadline"
     );
     assert_eq!(cli_processes(&g), "", "nothing left after the deadline");
     let (st, v) = c.call(
@@ -614,7 +644,22 @@ fn refresh_then_fresh_vm(c: &mut Controller, std: &ModelStandin, vm_id: &str) {
     assert_eq!(r["status"], "completed", "{r}\n{evs:?}");
     assert!(std.refreshes() > refreshes, "the CLI refreshed its token");
     let row = rt.block_on(sealed_row(&store));
-    assert_ne!(row.encrypted_data, before, "the vault row changed");
+    if row.encrypted_data == before {
+        let g = guest(c, vm_id);
+        let (_, file, _) = exec(
+            &g.ns,
+            &g.token,
+            &["cat", "/home/polydev/.codex/auth.json"],
+            None,
+        );
+        let log: Vec<String> = c
+            .log()
+            .lines()
+            .filter(|l| l.contains("credential"))
+            .map(str::to_string)
+            .collect();
+        panic!("the vault row did not change; the VM's file: {file}\nlog: {log:#?}");
+    }
     let cr = credential(c, "ann", "codex");
     assert_eq!(
         (cr["kind"].as_str(), cr["valid"].as_bool()),
@@ -652,6 +697,18 @@ fn refresh_then_fresh_vm(c: &mut Controller, std: &ModelStandin, vm_id: &str) {
         out.contains("standin-access-") && !out.contains("standin-access-0\""),
         "the fresh VM has the rotated file: {out}"
     );
+    // Disconnecting removes the credential from the vault and the VM.
+    let (st, v) = c.call("DELETE", "/api/credentials/ann/codex", None);
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["removedFromVm"], r["vmId"], "{v}");
+    let (code, _, _) = exec(
+        &g.ns,
+        &g.token,
+        &["test", "-e", "/home/polydev/.codex/auth.json"],
+        None,
+    );
+    assert_eq!(code, 1, "the file is gone from the CLI VM");
+    assert!(credential(c, "ann", "codex").is_null());
 }
 
 /// The events stored so far, without waiting for the end.

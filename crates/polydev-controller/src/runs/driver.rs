@@ -118,10 +118,11 @@ pub(super) async fn drive(
         Some((v, h)) => (Some(v), Some(h)),
         None => (None, None),
     };
-    finish(runs, &run, &mut ev, reader.as_ref(), end).await;
+    // Before the run ends: whoever sees it ended finds the vault current.
     if let Some(vm) = &vm {
         credentials::sync_all(&runs.rt, &runs.vault, vm).await;
     }
+    finish(runs, &run, &mut ev, reader.as_ref(), end).await;
 }
 
 type Started = (End, Option<Reader>, Option<(VmRecord, Hold)>);
