@@ -25,6 +25,8 @@ PACKAGES=(
   novnc chromium nodejs
   # The runs test: a TLS face for the model stand-in.
   socat
+  # `polydev bench --api`: the load generator.
+  wrk
 )
 
 step() { printf '\n==> %s\n' "$*" >&2; }

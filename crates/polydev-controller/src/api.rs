@@ -50,6 +50,14 @@ pub fn routes(state: AppState) -> Router<AppState> {
             "/api/credentials/{user}/{provider}",
             axum::routing::delete(crate::credentials::delete).put(crate::credentials::put_api_key),
         )
+        .route(
+            "/api/keys",
+            get(crate::auth::list_keys).post(crate::auth::create_key),
+        )
+        .route(
+            "/api/keys/{id}",
+            axum::routing::delete(crate::auth::revoke_key),
+        )
         .route_layer(axum::middleware::from_fn_with_state(
             state,
             crate::auth::require_api_key,

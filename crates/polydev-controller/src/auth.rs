@@ -1,5 +1,6 @@
-//! API keys: made by `polydev apikey create`, shown once, stored as SHA-256
-//! hashes; checked on every request but `/health`.
+//! API keys: made by `polydev apikey create` or `POST /api/keys`, shown
+//! once, stored as SHA-256 hashes; checked on every request but `/health`
+//! from an in-memory cache ([`KeyCache`]) that revocation empties.
 
 use crate::error::ApiError;
 use crate::AppState;
@@ -48,28 +49,177 @@ pub fn hash(secret: &str) -> String {
 /// authenticated reads a quarter as fast as `/health`.
 pub const TOUCH_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// Whether this process should record a use of `key_id` now (at most once
-/// per [`TOUCH_EVERY`]).
-fn touch_due(key_id: &str) -> bool {
-    use std::collections::HashMap;
-    use std::sync::{Mutex, OnceLock};
-    use std::time::Instant;
-    static LAST: OnceLock<Mutex<HashMap<String, Instant>>> = OnceLock::new();
-    let mut m = LAST
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
-    let now = Instant::now();
-    match m.get(key_id) {
-        Some(t) if now.duration_since(*t) < TOUCH_EVERY => false,
-        _ => {
-            if m.len() > 10_000 {
-                m.retain(|_, t| now.duration_since(*t) < TOUCH_EVERY);
+/// How often [`KeyCache::refresh_loop`] drops keys revoked outside this
+/// process (`polydev apikey revoke`, another controller on the same store).
+pub const REFRESH_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Keys verified against the store, kept in memory so that a request costs
+/// a hash and a map lookup, not a query. Revocation through this process
+/// ([`KeyCache::forget`]) is honoured at once; revocation straight in the
+/// store within [`REFRESH_EVERY`]. Unknown keys are always looked up (and
+/// never cached), so a new key works at once.
+pub struct KeyCache {
+    store: polydev_store::Store,
+    known: std::sync::RwLock<std::collections::HashMap<String, Known>>,
+    /// Bumped by every forget and refresh: a lookup that raced one is not
+    /// cached.
+    generation: std::sync::atomic::AtomicU64,
+    started: std::time::Instant,
+}
+
+struct Known {
+    key_id: String,
+    /// When `last_used_at` was last written, ms since `started` (+1; 0: never).
+    touched_ms: std::sync::atomic::AtomicU64,
+}
+
+impl KeyCache {
+    /// An empty cache over `store`.
+    pub fn new(store: polydev_store::Store) -> std::sync::Arc<KeyCache> {
+        std::sync::Arc::new(KeyCache {
+            store,
+            known: Default::default(),
+            generation: Default::default(),
+            started: std::time::Instant::now(),
+        })
+    }
+
+    /// The id of the key `secret`, if it is known and not revoked.
+    pub async fn verify(&self, secret: &str) -> Result<Option<String>, polydev_store::StoreError> {
+        use std::sync::atomic::Ordering;
+        let h = hash(secret);
+        if let Some(id) = self.cached(&h) {
+            return Ok(Some(id));
+        }
+        let generation = self.generation.load(Ordering::SeqCst);
+        let Some(found) = self.store.find_api_key_by_hash(&h).await? else {
+            return Ok(None);
+        };
+        let mut known = self.known.write().unwrap_or_else(|e| e.into_inner());
+        if self.generation.load(Ordering::SeqCst) == generation {
+            known.insert(
+                h,
+                Known {
+                    key_id: found.key_id.clone(),
+                    touched_ms: (self.started.elapsed().as_millis() as u64 + 1).into(),
+                },
+            );
+        }
+        drop(known);
+        self.touch(&found.key_id, None);
+        Ok(Some(found.key_id))
+    }
+
+    fn cached(&self, h: &str) -> Option<String> {
+        let known = self.known.read().unwrap_or_else(|e| e.into_inner());
+        let k = known.get(h)?;
+        self.touch(&k.key_id, Some(&k.touched_ms));
+        Some(k.key_id.clone())
+    }
+
+    /// Writes the key's `last_used_at` in the background, at most once per
+    /// [`TOUCH_EVERY`] for a cached key.
+    fn touch(&self, key_id: &str, last: Option<&std::sync::atomic::AtomicU64>) {
+        use std::sync::atomic::Ordering;
+        let now = self.started.elapsed().as_millis() as u64 + 1;
+        if let Some(last) = last {
+            let prev = last.load(Ordering::Relaxed);
+            let due = prev == 0 || now.saturating_sub(prev) >= TOUCH_EVERY.as_millis() as u64;
+            if !due
+                || last
+                    .compare_exchange(prev, now, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_err()
+            {
+                return;
             }
-            m.insert(key_id.to_string(), now);
-            true
+        }
+        let store = self.store.clone();
+        let key_id = key_id.to_string();
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                let _ = store.touch_api_key(&key_id).await;
+            });
         }
     }
+
+    /// Drops a key from the cache (after revoking it): its next use is
+    /// looked up, and refused.
+    pub fn forget(&self, key_id: &str) {
+        use std::sync::atomic::Ordering;
+        let mut known = self.known.write().unwrap_or_else(|e| e.into_inner());
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        known.retain(|_, k| k.key_id != key_id);
+    }
+
+    /// Drops every cached key the store no longer holds as active.
+    pub async fn refresh(&self) -> Result<(), polydev_store::StoreError> {
+        use std::sync::atomic::Ordering;
+        let generation = self.generation.load(Ordering::SeqCst);
+        let active: std::collections::HashSet<String> = self
+            .store
+            .active_api_key_hashes()
+            .await?
+            .into_iter()
+            .collect();
+        let mut known = self.known.write().unwrap_or_else(|e| e.into_inner());
+        let before = known.len();
+        known.retain(|h, _| active.contains(h));
+        if known.len() != before || self.generation.load(Ordering::SeqCst) != generation {
+            self.generation.fetch_add(1, Ordering::SeqCst);
+        }
+        Ok(())
+    }
+
+    /// Keys cached now.
+    pub fn len(&self) -> usize {
+        self.known.read().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Whether no key is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Runs [`KeyCache::refresh`] every `every`, for ever.
+    pub async fn refresh_loop(self: std::sync::Arc<Self>, every: std::time::Duration) {
+        loop {
+            tokio::time::sleep(every).await;
+            if let Err(e) = self.refresh().await {
+                tracing::warn!(error = %e, "refreshing the API key cache");
+            }
+        }
+    }
+}
+
+/// The key presented as `Authorization: Bearer <key>`, if any; an error for
+/// a malformed header.
+pub fn bearer(headers: &axum::http::HeaderMap) -> Result<Option<&str>, ApiError> {
+    let Some(v) = headers.get(axum::http::header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let v = v
+        .to_str()
+        .map_err(|_| unauthorized("malformed Authorization header"))?;
+    v.strip_prefix("Bearer ")
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+        .map(Some)
+        .ok_or_else(|| unauthorized("Authorization must be `Bearer <key or token>`"))
+}
+
+/// 401 `unauthorized` with `message`.
+pub fn unauthorized(message: &str) -> ApiError {
+    ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+}
+
+/// Checks an API key: its id, or 401 for an unknown or revoked one.
+pub async fn check_key(state: &AppState, secret: &str) -> Result<Caller, ApiError> {
+    let key_id = state
+        .keys
+        .verify(secret)
+        .await?
+        .ok_or_else(|| unauthorized("unknown or revoked API key"))?;
+    Ok(Caller { key_id })
 }
 
 /// The authenticated caller, available to handlers as an extension.
@@ -85,32 +235,84 @@ pub async fn require_api_key(
     mut req: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    let unauthorized = |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", m);
-    let header = req
-        .headers()
-        .get(axum::http::header::AUTHORIZATION)
+    let key = bearer(req.headers())?
         .ok_or_else(|| unauthorized("missing Authorization: Bearer <api key>"))?;
-    let value = header
-        .to_str()
-        .map_err(|_| unauthorized("malformed Authorization header"))?;
-    let key = value
-        .strip_prefix("Bearer ")
-        .map(str::trim)
-        .filter(|k| !k.is_empty())
-        .ok_or_else(|| unauthorized("Authorization must be `Bearer <api key>`"))?;
-    let found = state
+    let caller = check_key(&state, key).await?;
+    req.extensions_mut().insert(caller);
+    Ok(next.run(req).await)
+}
+
+/// Body of `POST /api/keys`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewKeyBody {
+    /// A label for the key (1–100 printable characters).
+    name: String,
+}
+
+/// `GET /api/keys`: every key (never a secret or hash), revoked ones too.
+pub async fn list_keys(
+    State(state): State<AppState>,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    let keys = state.runtime.store().list_api_keys().await?;
+    let keys: Vec<_> = keys
+        .into_iter()
+        .map(|k| {
+            serde_json::json!({
+                "keyId": k.key_id,
+                "name": k.name,
+                "createdAt": k.created_at,
+                "lastUsedAt": k.last_used_at,
+                "revoked": k.revoked,
+            })
+        })
+        .collect();
+    Ok(axum::Json(serde_json::json!({ "keys": keys })))
+}
+
+/// `POST /api/keys {"name"}`: a new key; its secret is in this answer only.
+pub async fn create_key(
+    State(state): State<AppState>,
+    body: Result<axum::Json<NewKeyBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<(StatusCode, axum::Json<serde_json::Value>), ApiError> {
+    let axum::Json(body) = body?;
+    let name = body.name.trim();
+    if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_name",
+            "name must be 1 to 100 printable characters",
+        ));
+    }
+    let k = generate();
+    state
         .runtime
         .store()
-        .find_api_key_by_hash(&hash(key))
-        .await?
-        .ok_or_else(|| unauthorized("unknown or revoked API key"))?;
-    if touch_due(&found.key_id) {
-        let _ = state.runtime.store().touch_api_key(&found.key_id).await;
+        .insert_api_key(&k.key_id, name, &k.hash)
+        .await?;
+    tracing::info!(key_id = %k.key_id, "API key created");
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(serde_json::json!({ "keyId": k.key_id, "name": name, "key": k.secret })),
+    ))
+}
+
+/// `DELETE /api/keys/:id`: revokes a key; refused from its next request on.
+pub async fn revoke_key(
+    State(state): State<AppState>,
+    axum::extract::Path(key_id): axum::extract::Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let revoked = state.runtime.store().revoke_api_key(&key_id).await?;
+    state.keys.forget(&key_id);
+    if !revoked {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no active API key {key_id:?}"),
+        ));
     }
-    req.extensions_mut().insert(Caller {
-        key_id: found.key_id,
-    });
-    Ok(next.run(req).await)
+    tracing::info!(%key_id, "API key revoked");
+    Ok(StatusCode::NO_CONTENT)
 }
 
 #[cfg(test)]
@@ -125,10 +327,66 @@ mod tests {
         assert!(!a.hash.contains(&a.secret[4..]));
     }
 
-    #[test]
-    fn a_key_is_touched_once_a_minute() {
-        assert!(super::touch_due("key_t1"));
-        assert!(!super::touch_due("key_t1"));
-        assert!(super::touch_due("key_t2"));
+    async fn store() -> (tempfile::TempDir, polydev_store::Store) {
+        let d = tempfile::tempdir().unwrap();
+        let s = polydev_store::Store::sqlite_in(d.path()).await.unwrap();
+        (d, s)
+    }
+
+    #[tokio::test]
+    async fn cached_keys_answer_without_the_store_and_revocation_is_honoured() {
+        let (_d, store) = store().await;
+        let k = super::generate();
+        store.insert_api_key(&k.key_id, "t", &k.hash).await.unwrap();
+        let cache = super::KeyCache::new(store.clone());
+        assert_eq!(
+            cache.verify(&k.secret).await.unwrap(),
+            Some(k.key_id.clone())
+        );
+        assert_eq!(cache.verify("pdk_nope").await.unwrap(), None);
+        assert_eq!(cache.len(), 1, "only known keys are cached");
+        // Revoked in the store by another process: still cached until the
+        // refresh, refused right after it.
+        store.revoke_api_key(&k.key_id).await.unwrap();
+        assert!(cache.verify(&k.secret).await.unwrap().is_some());
+        cache.refresh().await.unwrap();
+        assert_eq!(cache.verify(&k.secret).await.unwrap(), None);
+        // Revoked through this process: refused at once.
+        let k2 = super::generate();
+        store
+            .insert_api_key(&k2.key_id, "t2", &k2.hash)
+            .await
+            .unwrap();
+        assert!(cache.verify(&k2.secret).await.unwrap().is_some());
+        store.revoke_api_key(&k2.key_id).await.unwrap();
+        cache.forget(&k2.key_id);
+        assert_eq!(cache.verify(&k2.secret).await.unwrap(), None);
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_key_is_touched_once_a_minute() {
+        let (_d, store) = store().await;
+        let k = super::generate();
+        store.insert_api_key(&k.key_id, "t", &k.hash).await.unwrap();
+        let cache = super::KeyCache::new(store.clone());
+        let last = || async { store.list_api_keys().await.unwrap()[0].last_used_at };
+        cache.verify(&k.secret).await.unwrap();
+        let mut first = None;
+        for _ in 0..100 {
+            first = last().await;
+            if first.is_some() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert!(first.is_some(), "the first use is recorded");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        for _ in 0..10 {
+            cache.verify(&k.secret).await.unwrap();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert_eq!(last().await, first, "not written again within the minute");
+        store.close().await;
     }
 }

@@ -18,6 +18,7 @@ pub mod error;
 pub mod live;
 pub mod pool;
 pub mod private;
+pub mod request_log;
 pub mod runs;
 pub mod runtime;
 pub mod terminal;
@@ -39,6 +40,8 @@ pub struct AppState {
     pub cli: Arc<cli_vm::CliVms>,
     /// Prompt runs.
     pub runs: Arc<runs::Runs>,
+    /// API keys verified in memory.
+    pub keys: Arc<auth::KeyCache>,
 }
 
 /// The vault keyring: from the environment (`POLYDEV_MASTER_KEY`,
@@ -128,7 +131,10 @@ pub fn app(state: AppState) -> Router {
         .merge(terminal::routes(state.clone()))
         .fallback(api::not_found)
         .layer(axum::extract::DefaultBodyLimit::max(max))
-        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .layer(
+            tower_http::trace::TraceLayer::new_for_http()
+                .make_span_with(request_log::span::<axum::body::Body>),
+        )
         .with_state(state)
 }
 
@@ -190,6 +196,8 @@ pub async fn serve(cfg: Config, auth_cfg: auth_flow::AuthFlowConfig) -> anyhow::
         .map_err(|e| anyhow::anyhow!("listening on {listen}: {e}"))?;
     tracing::info!(%listen, store = %rt.store().kind(), "polydev controller listening");
     eprintln!("polydev: listening on http://{listen}");
+    let keys = auth::KeyCache::new(rt.store().clone());
+    tokio::spawn(keys.clone().refresh_loop(auth::REFRESH_EVERY));
     axum::serve(
         listener,
         app(AppState {
@@ -197,6 +205,7 @@ pub async fn serve(cfg: Config, auth_cfg: auth_flow::AuthFlowConfig) -> anyhow::
             auth,
             cli,
             runs,
+            keys,
         }),
     )
     .with_graceful_shutdown(shutdown_signal())

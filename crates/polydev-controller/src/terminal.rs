@@ -101,24 +101,7 @@ pub fn token_error(e: token::TokenError) -> ApiError {
     }
 }
 
-fn unauthorized(message: &str) -> ApiError {
-    ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
-}
-
-/// `Authorization: Bearer <x>`, if present.
-fn bearer(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
-    let Some(v) = headers.get(header::AUTHORIZATION) else {
-        return Ok(None);
-    };
-    let v = v
-        .to_str()
-        .map_err(|_| unauthorized("malformed Authorization header"))?;
-    v.strip_prefix("Bearer ")
-        .map(str::trim)
-        .filter(|k| !k.is_empty())
-        .map(Some)
-        .ok_or_else(|| unauthorized("Authorization must be `Bearer <api key or terminal token>`"))
-}
+use crate::auth::{bearer, unauthorized};
 
 /// Who may open `user_id`'s terminal: an API key or a terminal token for
 /// that user in the `Authorization` header, or a terminal token in
@@ -148,12 +131,7 @@ pub async fn authorize(
             "a view token does not open a terminal: use a terminal token (pdt_…)",
         ));
     }
-    let store = t.app.runtime.store();
-    let found = store
-        .find_api_key_by_hash(&crate::auth::hash(presented))
-        .await?
-        .ok_or_else(|| unauthorized("unknown or revoked API key"))?;
-    let _ = store.touch_api_key(&found.key_id).await;
+    crate::auth::check_key(&t.app, presented).await?;
     Ok(())
 }
 

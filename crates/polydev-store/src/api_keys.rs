@@ -113,6 +113,20 @@ impl Store {
         .map_err(|e| self.query_err("list API keys".to_string(), e))
     }
 
+    /// The hashes of every key that is not revoked (what an in-memory cache
+    /// of verified keys may keep).
+    pub async fn active_api_key_hashes(&self) -> Result<Vec<String>> {
+        let rows = sqlx::query("SELECT key_hash FROM api_keys WHERE revoked = $1")
+            .bind(false)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.query_err("list active API key hashes".to_string(), e))?;
+        rows.iter()
+            .map(|r| r.try_get::<String, _>("key_hash"))
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|e| self.query_err("read an API key hash".to_string(), e))
+    }
+
     /// Revokes a key. Returns false if it was unknown or already revoked.
     pub async fn revoke_api_key(&self, key_id: &str) -> Result<bool> {
         let r = sqlx::query("UPDATE api_keys SET revoked = $1 WHERE key_id = $2 AND revoked = $3")

@@ -90,8 +90,45 @@ fn every_api_route_needs_a_valid_key() {
         first,
         "last_used_at was written again within the minute"
     );
+    // A key made and revoked through the API is refused from the next
+    // request on (keys are checked from memory, revocation empties it).
+    let (st, made) = c.call("POST", "/api/keys", Some(r#"{"name":"second"}"#));
+    assert_eq!(st, 201, "{made}");
+    let second = made["key"].as_str().unwrap().to_string();
+    let with_second = || match ureq::get(&c.url("/api/vms"))
+        .set("Authorization", &format!("Bearer {second}"))
+        .call()
+    {
+        Ok(r) => r.status(),
+        Err(ureq::Error::Status(s, _)) => s,
+        Err(e) => panic!("{e}"),
+    };
+    assert_eq!(with_second(), 200);
+    let (_, listed) = c.call("GET", "/api/keys", None);
+    assert_eq!(listed["keys"].as_array().unwrap().len(), 2, "{listed}");
+    assert!(!listed.to_string().contains(&second), "no secret is listed");
+    assert!(!listed.to_string().contains("keyHash"), "{listed}");
+    let path = format!("/api/keys/{}", made["keyId"].as_str().unwrap());
+    assert_eq!(c.call("DELETE", &path, None).0, 204);
+    assert_eq!(
+        with_second(),
+        401,
+        "revoked through the API: refused at once"
+    );
+    let (st, b) = c.call("DELETE", &path, None);
+    assert_error(st, &b, 404, "not_found");
+    let (st, b) = c.call("POST", "/api/keys", Some(r#"{"name":""}"#));
+    assert_error(st, &b, 422, "invalid_name");
+    // Revoked straight in the store (the CLI): refused within a second.
     c.cli(&["apikey", "revoke", &id]);
-    assert_eq!(c.call("GET", "/api/vms", None).0, 401);
+    let t = std::time::Instant::now();
+    while c.call("GET", "/api/vms", None).0 != 401 {
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(3),
+            "a key revoked by the CLI still works after 3 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 }
 
 #[test]

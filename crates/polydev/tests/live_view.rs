@@ -371,7 +371,10 @@ fn novnc_and_signaling_through_the_controller() {
     let (expiry, for_session) = user.split_once(':').unwrap();
     assert_eq!(for_session, sid);
     let expiry: i64 = expiry.parse().unwrap();
-    assert!(expiry > now / 1000 + 3000, "{user}");
+    assert!(
+        expiry > now / 1000 + 500 && expiry <= exp / 1000,
+        "TURN credentials live as long as the 10-minute token, not the configured hour: {user}"
+    );
     let openssl = Command::new("sh")
         .arg("-c")
         .arg(format!(
@@ -384,14 +387,24 @@ fn novnc_and_signaling_through_the_controller() {
         String::from_utf8_lossy(&openssl.stdout).trim(),
         "coturn's TURN REST credential"
     );
+    let (st, v) = plain("GET", &c.url("/api/webrtc/ice-servers"), Some(&ro_token), None);
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(
+        v["iceServers"].as_array().unwrap().len(),
+        1,
+        "a read-only token gets STUN only, no TURN credentials: {v}"
+    );
     let (st, v) = c.call("GET", "/api/webrtc/ice-servers", None);
     assert_eq!((st, code(&v)), (422, "session_required"), "{v}");
-    let (st, _) = c.call(
+    let (st, v) = c.call(
         "GET",
         &format!("/api/webrtc/ice-servers?sessionId={sid}"),
         None,
     );
     assert_eq!(st, 200);
+    let user = v["iceServers"][1]["username"].as_str().unwrap();
+    let expiry: i64 = user.split_once(':').unwrap().0.parse().unwrap();
+    assert!(expiry > now / 1000 + 3000, "the operator's key: the configured hour: {user}");
 
     // Signaling: a read-only token may not; another session's token may not.
     let offer_url = c.url(&format!("/api/webrtc/session/{sid}/offer"));
@@ -420,6 +433,17 @@ fn novnc_and_signaling_through_the_controller() {
         ),
     );
     assert_eq!((st, &v["accepted"]), (200, &json!(1)), "{v}");
+    // Each candidate is an agent call: at most 64 per offer.
+    let many: Vec<Value> = (0..64)
+        .map(|i| json!({"candidate": format!("candidate:{i} 1 udp 2122260223 192.0.2.10 {} typ host", 50001 + i), "sdpMid": "0", "sdpMLineIndex": 0}))
+        .collect();
+    let (st, v) = plain(
+        "POST",
+        &c.url(&format!("/api/webrtc/session/{sid}/candidates")),
+        Some(&token),
+        Some(&json!({ "candidates": many })),
+    );
+    assert_eq!((st, code(&v)), (429, "too_many"), "{v}");
 
     // The proxy refuses before the upgrade, saying why.
     let vnc = |t: &str| c.url(&format!("/api/live/{sid}/vnc?token={t}"));

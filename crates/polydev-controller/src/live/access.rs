@@ -42,29 +42,7 @@ pub fn token_error(e: TokenError) -> ApiError {
     }
 }
 
-fn bearer(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
-    let Some(v) = headers.get(header::AUTHORIZATION) else {
-        return Ok(None);
-    };
-    let v = v.to_str().map_err(|_| {
-        ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "malformed Authorization header",
-        )
-    })?;
-    v.strip_prefix("Bearer ")
-        .map(str::trim)
-        .filter(|k| !k.is_empty())
-        .map(Some)
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "Authorization must be `Bearer <api key or view token>`",
-            )
-        })
-}
+use crate::auth::bearer;
 
 /// Authenticates a request by `Authorization: Bearer <API key | view token>`
 /// or a `token` query parameter (a view token).
@@ -89,20 +67,7 @@ pub async fn caller(
             .map(Caller::Viewer)
             .map_err(token_error);
     }
-    let found = live
-        .app
-        .runtime
-        .store()
-        .find_api_key_by_hash(&crate::auth::hash(presented))
-        .await?
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "unknown or revoked API key",
-            )
-        })?;
-    let _ = live.app.runtime.store().touch_api_key(&found.key_id).await;
+    let found = crate::auth::check_key(&live.app, presented).await?;
     Ok(Caller::ApiKey {
         key_id: found.key_id,
     })

@@ -28,18 +28,36 @@ pub fn turn_credentials(secret: &str, session_id: &str, expires_unix_s: u64) -> 
     (username, credential)
 }
 
-/// The `iceServers` list for a session at `now_unix_s`.
-pub fn ice_servers(cfg: &LiveConfig, session_id: &str, now_unix_s: u64) -> serde_json::Value {
+/// When TURN credentials handed to `caller` at `now_unix_s` expire (Unix
+/// seconds): the configured life, cut to what is left of a view token; none
+/// for a read-only token, which cannot open a WebRTC session anyway.
+pub fn turn_expiry(cfg: &LiveConfig, caller: &access::Caller, now_unix_s: u64) -> Option<u64> {
+    let configured = now_unix_s + cfg.turn_ttl.as_secs();
+    match caller {
+        access::Caller::ApiKey { .. } => Some(configured),
+        access::Caller::Viewer(c) if c.read_only => None,
+        access::Caller::Viewer(c) => {
+            let token_end = u64::try_from(c.expires_at / 1000).unwrap_or(0);
+            (token_end > now_unix_s).then(|| configured.min(token_end))
+        }
+    }
+}
+
+/// The `iceServers` list for a session: STUN, and TURN with credentials
+/// that expire at `turn_until` (none without it).
+pub fn ice_servers(
+    cfg: &LiveConfig,
+    session_id: &str,
+    turn_until: Option<u64>,
+) -> serde_json::Value {
     let mut v = Vec::new();
     if !cfg.stun_urls.is_empty() {
         v.push(serde_json::json!({ "urls": cfg.stun_urls }));
     }
-    if let (false, Some(secret)) = (cfg.turn_urls.is_empty(), &cfg.turn_secret) {
-        let (username, credential) = turn_credentials(
-            secret.expose(),
-            session_id,
-            now_unix_s + cfg.turn_ttl.as_secs(),
-        );
+    if let (false, Some(secret), Some(until)) =
+        (cfg.turn_urls.is_empty(), &cfg.turn_secret, turn_until)
+    {
+        let (username, credential) = turn_credentials(secret.expose(), session_id, until);
         v.push(serde_json::json!({
             "urls": cfg.turn_urls,
             "username": username,
@@ -90,7 +108,7 @@ pub async fn ice_servers_handler(
         .unwrap_or(0);
     let mut r = Json(serde_json::json!({
         "success": true,
-        "iceServers": ice_servers(live.cfg(), &session_id, now),
+        "iceServers": ice_servers(live.cfg(), &session_id, turn_expiry(live.cfg(), &caller, now)),
     }))
     .into_response();
     r.headers_mut()
@@ -148,12 +166,12 @@ mod tests {
     #[test]
     fn servers_from_config() {
         let mut cfg = LiveConfig::default();
-        assert_eq!(ice_servers(&cfg, "as_1", 100), serde_json::json!([]));
+        assert_eq!(ice_servers(&cfg, "as_1", Some(160)), serde_json::json!([]));
         cfg.stun_urls = vec!["stun:stun.example:3478".into()];
         cfg.turn_urls = vec!["turn:turn.example:3478?transport=udp".into()];
         cfg.turn_secret = Some(Secret::new("s".into()));
         cfg.turn_ttl = std::time::Duration::from_secs(60);
-        let v = ice_servers(&cfg, "as_1", 100);
+        let v = ice_servers(&cfg, "as_1", Some(160));
         assert_eq!(
             v[0],
             serde_json::json!({"urls": ["stun:stun.example:3478"]})
@@ -165,5 +183,42 @@ mod tests {
             !v.to_string().contains("\"s\""),
             "the secret is not handed out"
         );
+        assert_eq!(
+            ice_servers(&cfg, "as_1", None).as_array().unwrap().len(),
+            1,
+            "STUN only without a TURN expiry"
+        );
+    }
+
+    fn viewer(expires_unix_s: i64, read_only: bool) -> access::Caller {
+        access::Caller::Viewer(crate::live::token::Claims {
+            user_id: "u".into(),
+            session_id: "as_1".into(),
+            expires_at: expires_unix_s * 1000,
+            read_only,
+        })
+    }
+
+    #[test]
+    fn turn_lives_no_longer_than_the_token_and_not_for_read_only() {
+        let mut cfg = LiveConfig::default();
+        cfg.turn_ttl = std::time::Duration::from_secs(3600);
+        let now = 1_000_000;
+        let key = access::Caller::ApiKey { key_id: "k".into() };
+        assert_eq!(turn_expiry(&cfg, &key, now), Some(now + 3600));
+        assert_eq!(
+            turn_expiry(&cfg, &viewer(now as i64 + 300, false), now),
+            Some(now + 300),
+            "cut to the token's remaining 5 minutes"
+        );
+        assert_eq!(
+            turn_expiry(&cfg, &viewer(now as i64 + 7200, false), now),
+            Some(now + 3600)
+        );
+        assert_eq!(
+            turn_expiry(&cfg, &viewer(now as i64 + 300, true), now),
+            None
+        );
+        assert_eq!(turn_expiry(&cfg, &viewer(now as i64 - 1, false), now), None);
     }
 }

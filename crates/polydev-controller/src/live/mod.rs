@@ -8,7 +8,9 @@
 //! - [`novnc`]: the noVNC client's files (Debian's `novnc` package) and the
 //!   WebSocket → VNC proxy into the VM's network namespace.
 //! - [`rfb`]: the RFB client-message framing behind read-only mode.
-//! - [`ice`]: ICE servers, with per-session TURN REST credentials.
+//! - [`ice`]: ICE servers, with per-session TURN REST credentials that live
+//!   no longer than the caller's view token (none for read-only tokens).
+//! - [`limits`]: per-session caps on WebSockets, offers and candidates.
 //! - [`signaling`]: offers, answers and candidates, stored with the session
 //!   and handed to the guest's agent once the VM is ready.
 //! - [`sdp`]: rewriting the guest's candidate to the media relay.
@@ -21,6 +23,7 @@
 
 pub mod access;
 pub mod ice;
+pub mod limits;
 pub mod novnc;
 pub mod relay;
 pub mod rfb;

@@ -215,6 +215,7 @@ pub async fn proxy(
         )
     })?;
     access::live_now(&s)?;
+    let slot = super::limits::take_socket(&id)?;
     let vm_id = s.browser_vm_id.clone().ok_or_else(|| {
         ApiError::new(
             StatusCode::CONFLICT,
@@ -273,6 +274,7 @@ pub async fn proxy(
         .protocols(["binary"])
         .max_message_size(MAX_WS_MESSAGE)
         .on_upgrade(move |socket| async move {
+            let _slot = slot;
             let stop = session_gone(rt, id.clone(), vm_id);
             let r = bridge(socket, tcp, read_only, stop).await;
             tracing::info!(session_id = %id, read_only, dropped = r.dropped, reason = %r.reason, "VNC proxy closed");

@@ -59,6 +59,10 @@ struct Entry {
     /// (SHA-256 of the offer, why it could not be answered).
     failed: Option<(String, String)>,
     pending: Vec<Value>,
+    /// Offers posted in the session's life.
+    offers: usize,
+    /// Viewer candidates taken since the last offer.
+    candidates: usize,
     lock: Arc<tokio::sync::Mutex<()>>,
 }
 
@@ -306,6 +310,14 @@ pub fn offer_sdp(v: &Value) -> Result<String, String> {
 
 /// Stores an offer for a session and hands it to the VM if it is ready.
 pub async fn accept_offer(rt: &Arc<Runtime>, id: &str, sdp: &str) -> Result<(), ApiError> {
+    entry_lock(rt, id);
+    {
+        let mut reg = registry();
+        if let Some(e) = reg.get_mut(id) {
+            super::limits::admit(e.offers, 1, super::limits::MAX_OFFERS, "WebRTC offers")?;
+            e.offers += 1;
+        }
+    }
     if !rt.store().set_webrtc_offer(id, sdp).await? {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -316,6 +328,7 @@ pub async fn accept_offer(rt: &Arc<Runtime>, id: &str, sdp: &str) -> Result<(), 
     if let Some(e) = registry().get_mut(id) {
         e.failed = None;
         e.pending.clear();
+        e.candidates = 0;
     }
     kick(rt.clone(), id.to_string());
     Ok(())
@@ -503,6 +516,19 @@ pub async fn post_candidates(
         _ => None,
     };
     let n = cands.len();
+    entry_lock(live.rt(), &id);
+    {
+        let mut reg = registry();
+        if let Some(e) = reg.get_mut(&id) {
+            super::limits::admit(
+                e.candidates,
+                n,
+                super::limits::MAX_CANDIDATES,
+                "ICE candidates per offer",
+            )?;
+            e.candidates += n;
+        }
+    }
     match vm {
         Some(rec) => {
             let rt = live.rt().clone();
@@ -513,7 +539,6 @@ pub async fn post_candidates(
             Ok(Json(json!({"success": true, "accepted": n, "forwarded": true})).into_response())
         }
         None => {
-            entry_lock(live.rt(), &id);
             let mut reg = registry();
             let e = reg.entry(id.clone()).or_default();
             e.pending.extend(cands);

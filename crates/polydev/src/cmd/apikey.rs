@@ -57,7 +57,7 @@ pub async fn run(c: ApikeyCommand) -> anyhow::Result<()> {
             if !store.revoke_api_key(&key_id).await? {
                 anyhow::bail!("no active API key {key_id}");
             }
-            eprintln!("revoked {key_id}");
+            eprintln!("revoked {key_id} (a running controller refuses it within a second)");
         }
     }
     Ok(())

@@ -55,6 +55,18 @@ pub struct Args {
     /// model stand-in behind the benchmark's own internet.
     #[arg(long)]
     runs: bool,
+    /// Instead of the boot figures: what authentication costs. A real
+    /// `polydev serve` in a throwaway data directory under Debian's `wrk`:
+    /// authenticated status reads against `/health` in the same run (no VM
+    /// is booted).
+    #[arg(long)]
+    api: bool,
+    /// With `--api`: connections held open at once.
+    #[arg(long, default_value_t = 32)]
+    api_connections: u32,
+    /// With `--api`: seconds per measurement.
+    #[arg(long, default_value_t = 10)]
+    api_secs: u64,
     /// With `--runs`: runs per case.
     #[arg(long, default_value_t = 3)]
     runs_count: usize,
@@ -157,6 +169,9 @@ fn report(title: &str, samples: &[Sample]) {
 
 /// Runs the benchmark.
 pub async fn run(a: Args) -> anyhow::Result<()> {
+    if a.api {
+        return super::bench_api::run(a.api_connections.max(1), a.api_secs.max(1)).await;
+    }
     let mut cfg = a.common.config();
     cfg.cli_size = polydev_controller::config::VmSize {
         vcpus: a.vcpus,

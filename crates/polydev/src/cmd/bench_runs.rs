@@ -158,6 +158,7 @@ pub async fn run(rt: &Arc<Runtime>, n: usize) -> anyhow::Result<()> {
         auth,
         cli,
         runs,
+        keys: polydev_controller::auth::KeyCache::new(rt.store().clone()),
     };
     let key = polydev_controller::auth::generate();
     rt.store()

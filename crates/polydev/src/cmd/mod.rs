@@ -2,6 +2,7 @@
 
 pub mod apikey;
 pub mod bench;
+pub mod bench_api;
 pub mod bench_egress;
 pub mod bench_runs;
 pub mod common;
