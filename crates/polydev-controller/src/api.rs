@@ -59,6 +59,10 @@ pub fn routes(state: AppState) -> Router<AppState> {
             axum::routing::delete(crate::auth::revoke_key),
         )
         .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::admission::limit_changes,
+        ))
+        .route_layer(axum::middleware::from_fn_with_state(
             state,
             crate::auth::require_api_key,
         ))
@@ -161,6 +165,8 @@ fn runtime_error(e: RuntimeError) -> ApiError {
         RuntimeError::Store(e) => ApiError::internal(e),
         RuntimeError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
         RuntimeError::Vmm(m) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "vmm_error", m),
+        RuntimeError::Capacity(m) => crate::admission::capacity_error(m),
+        RuntimeError::UserLimit(m) => ApiError::new(StatusCode::TOO_MANY_REQUESTS, "user_limit", m),
     }
 }
 

@@ -91,33 +91,12 @@ impl From<polydev_store::StoreError> for FlowError {
     }
 }
 
-/// A sliding-window limit of session starts per user.
-#[derive(Debug, Default)]
-struct RateLimiter {
-    starts: HashMap<String, Vec<Instant>>,
-}
-
-impl RateLimiter {
-    fn check(&mut self, user: &str, limit: u32, window: Duration) -> Result<(), u64> {
-        let now = Instant::now();
-        let v = self.starts.entry(user.to_string()).or_default();
-        v.retain(|t| now.duration_since(*t) < window);
-        if v.len() as u32 >= limit {
-            let oldest = v[0];
-            let wait = window.saturating_sub(now.duration_since(oldest));
-            return Err(wait.as_secs().max(1));
-        }
-        v.push(now);
-        Ok(())
-    }
-}
-
 /// The connect flow.
 pub struct AuthFlow {
     rt: Arc<Runtime>,
     vault: Keyring,
     cfg: AuthFlowConfig,
-    limiter: Mutex<RateLimiter>,
+    limiter: crate::admission::RateLimiter,
     pool: Arc<BrowserPool>,
     cli: Arc<CliVms>,
     tasks: Mutex<HashMap<String, tokio::task::JoinHandle<()>>>,
@@ -137,7 +116,7 @@ impl AuthFlow {
             rt,
             vault,
             cfg,
-            limiter: Mutex::default(),
+            limiter: Default::default(),
             tasks: Mutex::default(),
         })
     }
@@ -159,10 +138,22 @@ impl AuthFlow {
         provider: Provider,
     ) -> Result<AuthSession, FlowError> {
         self.limiter
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
             .check(user_id, self.cfg.rate_limit, self.cfg.rate_window)
             .map_err(FlowError::RateLimited)?;
+        let cap = self.rt.config().admission.user_max_signins;
+        let open = self
+            .rt
+            .store()
+            .list_auth_sessions(user_id)
+            .await?
+            .iter()
+            .filter(|s| !s.status.is_terminal())
+            .count();
+        if open >= cap {
+            return Err(FlowError::Runtime(RuntimeError::UserLimit(format!(
+                "user {user_id} has {open} sign-in sessions in progress, the most allowed (POLYDEV_USER_MAX_SIGNINS={cap}); finish or cancel one first"
+            ))));
+        }
         // Fail fast, before recording anything, when no VM could boot.
         self.rt.artifacts(Some(VmType::Browser))?;
         let id = new_session_id();
@@ -732,17 +723,6 @@ fn new_session_id() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn rate_limit_counts_per_user_and_says_when_to_retry() {
-        let mut r = RateLimiter::default();
-        let w = Duration::from_secs(60);
-        assert!(r.check("a", 2, w).is_ok());
-        assert!(r.check("a", 2, w).is_ok());
-        let retry = r.check("a", 2, w).unwrap_err();
-        assert!((1..=60).contains(&retry), "{retry}");
-        assert!(r.check("b", 2, w).is_ok(), "another user is not limited");
-    }
 
     #[test]
     fn companions_skip_the_primary_file_and_paths_outside_home() {

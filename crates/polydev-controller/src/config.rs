@@ -61,6 +61,8 @@ pub struct Config {
     pub cli_idle: Duration,
     /// Prompt runs: providers file, limits, deadlines.
     pub runs: crate::runs::RunsConfig,
+    /// Host capacity, per-user caps and rate limits.
+    pub admission: crate::admission::AdmissionConfig,
 }
 
 impl Config {
@@ -93,6 +95,7 @@ impl Config {
             egress: crate::egress::EgressSettings::default(),
             cli_idle: Duration::from_secs(600),
             runs: crate::runs::RunsConfig::default(),
+            admission: crate::admission::AdmissionConfig::default(),
         }
     }
 

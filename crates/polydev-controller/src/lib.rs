@@ -5,6 +5,7 @@
 //! API until it is told to stop.
 #![warn(missing_docs)]
 
+pub mod admission;
 pub mod agent_client;
 pub mod api;
 pub mod artifacts;
@@ -42,6 +43,8 @@ pub struct AppState {
     pub runs: Arc<runs::Runs>,
     /// API keys verified in memory.
     pub keys: Arc<auth::KeyCache>,
+    /// Changing requests counted per API key and per user.
+    pub limits: Arc<admission::RateLimiter>,
 }
 
 /// The vault keyring: from the environment (`POLYDEV_MASTER_KEY`,
@@ -206,6 +209,7 @@ pub async fn serve(cfg: Config, auth_cfg: auth_flow::AuthFlowConfig) -> anyhow::
             cli,
             runs,
             keys,
+            limits: Default::default(),
         }),
     )
     .with_graceful_shutdown(shutdown_signal())

@@ -37,6 +37,12 @@ pub enum RuntimeError {
     /// The VMM failed the operation.
     #[error("{0}")]
     Vmm(String),
+    /// The host has no room for the VM (what is short, in words).
+    #[error("{0}")]
+    Capacity(String),
+    /// The user is at one of their caps.
+    #[error("{0}")]
+    UserLimit(String),
 }
 
 /// What the controller remembers of how a VM was started, so that it can be
@@ -258,6 +264,65 @@ impl Runtime {
         self.create_with_id(&new_vm_id(), user_id, vm_type).await
     }
 
+    /// Whether one more VM of `size` for `user_id` may start: the user's
+    /// cap of live VMs (users whose id starts with `_`, the controller's
+    /// own, have none), then the host's slots, memory and disk.
+    async fn admit(
+        &self,
+        user_id: &str,
+        vm_type: VmType,
+        size: crate::config::VmSize,
+        home_disk: bool,
+    ) -> Result<(), RuntimeError> {
+        let cfg = &self.cfg.admission;
+        let all = self.store.list_vms(None, false).await?;
+        let holds_slot = |v: &&VmRecord| !v.slot_released;
+        if !user_id.starts_with('_') {
+            let mine = all
+                .iter()
+                .filter(holds_slot)
+                .filter(|v| v.user_id == user_id && v.status != VmStatus::Failed)
+                .count();
+            if mine >= cfg.user_max_vms {
+                return Err(RuntimeError::UserLimit(format!(
+                    "user {user_id} has {mine} live VMs, the most allowed (POLYDEV_USER_MAX_VMS={}); destroy one first",
+                    cfg.user_max_vms
+                )));
+            }
+        }
+        let pending_memory_mb = all
+            .iter()
+            .filter(|v| v.status == VmStatus::Creating)
+            .map(|v| v.memory_mb.max(0) as u64)
+            .sum();
+        let home = self
+            .cfg
+            .data_dir
+            .join("users")
+            .join(user_id)
+            .join("home.ext4");
+        let home_mb = if home_disk && !home.exists() {
+            self.cfg.home_disk_mb
+        } else {
+            0
+        };
+        let demand = crate::admission::Demand {
+            memory_mb: size.memory_mb as u64,
+            disk_mb: self.cfg.state_disk_mb + home_mb + size.memory_mb as u64,
+            pending_memory_mb,
+            live_vms: all.iter().filter(holds_slot).count(),
+        };
+        let data_dir = self.cfg.data_dir.clone();
+        let free = tokio::task::spawn_blocking(move || crate::admission::host_free(&data_dir))
+            .await
+            .map_err(|e| RuntimeError::Capacity(format!("reading host capacity: {e}")))?
+            .map_err(RuntimeError::Capacity)?;
+        crate::admission::check_host(cfg, free, demand).map_err(|why| {
+            tracing::warn!(user_id, vm_type = %vm_type, %why, "VM refused");
+            RuntimeError::Capacity(why)
+        })
+    }
+
     /// [`Runtime::create`] with an id chosen by the caller, so that the
     /// caller can record the id before the VM exists.
     pub async fn create_with_id(
@@ -284,8 +349,10 @@ impl Runtime {
                 )));
             }
         }
-        let vm_id = vm_id.to_string();
         let size = self.cfg.size(vm_type);
+        self.admit(user_id, vm_type, size, artifacts.home_disk)
+            .await?;
+        let vm_id = vm_id.to_string();
         let dir =
             crate::private::child(&self.cfg.vms_dir(), &vm_id).map_err(RuntimeError::Conflict)?;
         let prefix = self.cfg.netns_prefix();
@@ -300,6 +367,7 @@ impl Runtime {
                     memory_mb: size.memory_mb as i64,
                     vmm: self.vmm.kind().as_str().to_string(),
                     dir: dir.display().to_string(),
+                    home_disk: artifacts.home_disk,
                 },
                 |slot| {
                     (
@@ -308,7 +376,11 @@ impl Runtime {
                     )
                 },
             )
-            .await?;
+            .await
+            .map_err(|e| match e {
+                polydev_store::StoreError::Conflict { .. } => RuntimeError::Conflict(e.to_string()),
+                e => e.into(),
+            })?;
         let policy =
             serde_json::to_string(self.cfg.egress.policy_for(vm_type)).expect("serialisable");
         self.store.set_vm_egress(&rec.vm_id, &policy).await?;

@@ -76,6 +76,10 @@ pub fn routes(state: AppState) -> Router<AppState> {
     let with_api_key = Router::new()
         .route("/api/users/{user}/terminal/token", post(mint))
         .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::admission::limit_changes,
+        ))
+        .route_layer(axum::middleware::from_fn_with_state(
             state,
             crate::auth::require_api_key,
         ));

@@ -140,6 +140,9 @@ pub struct NewVm {
     pub vmm: String,
     /// The VM's directory.
     pub dir: String,
+    /// Whether it attaches the user's home disk: the store lets one live
+    /// (creating, running or hibernated) VM per user do so.
+    pub home_disk: bool,
 }
 
 impl Store {
@@ -188,8 +191,8 @@ impl Store {
             };
             let res = sqlx::query(
                 "INSERT INTO vms (vm_id, user_id, vm_type, status, slot, slot_released, netns, \
-                 tap_device, vcpu_count, memory_mb, vmm, dir, created_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+                 tap_device, vcpu_count, memory_mb, vmm, dir, created_at, home_disk) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
             )
             .bind(&rec.vm_id)
             .bind(&rec.user_id)
@@ -204,6 +207,7 @@ impl Store {
             .bind(&rec.vmm)
             .bind(&rec.dir)
             .bind(rec.created_at)
+            .bind(new.home_disk)
             .execute(&self.pool)
             .await;
             match res {
@@ -212,6 +216,18 @@ impl Store {
                     let slot_taken = db.constraint() == Some("vms_live_slot")
                         || db.message().contains("vms_live_slot")
                         || db.message().contains("vms.slot");
+                    let home_taken = db.constraint() == Some("vms_one_home_disk")
+                        || db.message().contains("vms_one_home_disk")
+                        || db.message().contains("vms.user_id");
+                    if home_taken {
+                        return Err(StoreError::Conflict {
+                            kind: self.kind,
+                            what: format!(
+                                "a live VM with user {:?}'s home disk (one VM at a time may attach it)",
+                                new.user_id
+                            ),
+                        });
+                    }
                     if !slot_taken {
                         return Err(StoreError::Conflict {
                             kind: self.kind,

@@ -119,6 +119,7 @@ fn new_vm(id: &str, user: &str) -> NewVm {
         memory_mb: 2048,
         vmm: "qemu".to_string(),
         dir: format!("/var/lib/polydev/vms/{id}"),
+        home_disk: false,
     }
 }
 
@@ -281,6 +282,47 @@ async fn slot_allocation(db: &TestDb) {
 
     // A live VM's slot cannot be released.
     assert!(!s.release_slot("vm-c").await.unwrap());
+}
+
+both!(one_live_home_disk_per_user);
+async fn one_live_home_disk_per_user(db: &TestDb) {
+    let s = Arc::new(db.store.clone());
+    let with_home = |id: &str, user: &str| NewVm {
+        home_disk: true,
+        ..new_vm(id, user)
+    };
+    // Concurrent creates for one user: exactly one wins.
+    let mut handles = Vec::new();
+    for i in 0..8 {
+        let (s, v) = (s.clone(), with_home(&format!("home-{i}"), "carol"));
+        handles.push(tokio::spawn(async move {
+            s.insert_vm_allocating_slot(&v, names).await
+        }));
+    }
+    let mut won = Vec::new();
+    for h in handles {
+        match h.await.unwrap() {
+            Ok(rec) => won.push(rec.vm_id),
+            Err(e @ StoreError::Conflict { .. }) => {
+                assert!(e.to_string().contains("home disk"), "{e}")
+            }
+            Err(e) => panic!("unexpected: {e}"),
+        }
+    }
+    assert_eq!(won.len(), 1, "{won:?}");
+    // Another user, and VMs without the home disk, are not held back.
+    s.insert_vm_allocating_slot(&with_home("home-dave", "dave"), names)
+        .await
+        .unwrap();
+    s.insert_vm_allocating_slot(&new_vm("plain-carol", "carol"), names)
+        .await
+        .unwrap();
+    // Once the holder is destroyed (or failed), the disk is free again.
+    let holder = s.get_vm(&won[0]).await.unwrap().unwrap();
+    s.mark_vm_destroyed(&holder.vm_id).await.unwrap();
+    s.insert_vm_allocating_slot(&with_home("home-again", "carol"), names)
+        .await
+        .unwrap();
 }
 
 both!(status_compare_and_set);

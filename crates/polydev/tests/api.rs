@@ -214,6 +214,79 @@ fn missing_artifacts_are_a_clear_503() {
 }
 
 #[test]
+fn a_host_without_room_refuses_a_vm_saying_what_is_short() {
+    let dir = tempfile::tempdir().unwrap();
+    let (kernel, rootfs) = (dir.path().join("vmlinux"), dir.path().join("rootfs.ext4"));
+    std::fs::write(&kernel, b"not booted").unwrap();
+    std::fs::write(&rootfs, b"not booted").unwrap();
+    let c = Controller::start(&[
+        ("POLYDEV_ACCEL", "tcg"),
+        ("POLYDEV_KERNEL", kernel.to_str().unwrap()),
+        ("POLYDEV_ROOTFS", rootfs.to_str().unwrap()),
+        // More memory kept for the host than any machine has.
+        ("POLYDEV_MEMORY_RESERVE_MB", "100000000"),
+    ]);
+    let (st, b) = c.call("POST", "/api/vms", Some(r#"{"type":"cli","userId":"u1"}"#));
+    assert_error(st, &b, 503, "capacity");
+    let m = b["error"]["message"].as_str().unwrap();
+    assert!(m.contains("memory:") && m.contains("MiB available"), "{m}");
+    assert!(!m.contains("disk:"), "the disk is not short: {m}");
+    let (_, b) = c.call("GET", "/api/vms?all=true", None);
+    assert_eq!(
+        b["vms"].as_array().unwrap().len(),
+        0,
+        "nothing recorded: {b}"
+    );
+}
+
+#[test]
+fn changing_requests_are_rate_limited_per_user_and_per_key() {
+    let c = Controller::start(&[
+        ("POLYDEV_ACCEL", "tcg"),
+        ("POLYDEV_RATE_PER_USER", "3"),
+        ("POLYDEV_RATE_PER_KEY", "6"),
+    ]);
+    let bad_vm = |user: &str| {
+        c.call(
+            "POST",
+            "/api/vms",
+            Some(&format!(r#"{{"type":"bogus","userId":"{user}"}}"#)),
+        )
+    };
+    for _ in 0..3 {
+        assert_eq!(bad_vm("u9").0, 422);
+    }
+    let r = ureq::post(&c.url("/api/vms"))
+        .set("Authorization", &format!("Bearer {}", c.key))
+        .set("Content-Type", "application/json")
+        .send_string(r#"{"type":"bogus","userId":"u9"}"#);
+    let Err(ureq::Error::Status(429, resp)) = r else {
+        panic!("the 4th change for u9 in a minute was not refused")
+    };
+    let retry: u64 = resp.header("Retry-After").unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry), "{retry}");
+    let b: serde_json::Value = resp.into_json().unwrap();
+    assert_error(429, &b, 429, "rate_limited");
+    assert!(
+        b["error"]["message"].as_str().unwrap().contains("u9"),
+        "{b}"
+    );
+    // Reads are not counted; another user is not held back, until the key
+    // itself is over its limit.
+    for _ in 0..5 {
+        assert_eq!(c.call("GET", "/api/vms", None).0, 200);
+    }
+    assert_eq!(bad_vm("u10").0, 422);
+    assert_eq!(bad_vm("u10").0, 422);
+    let (st, b) = bad_vm("u11");
+    assert_error(st, &b, 429, "rate_limited");
+    assert!(
+        b["error"]["message"].as_str().unwrap().contains("API key"),
+        "{b}"
+    );
+}
+
+#[test]
 fn runs_and_credentials_refuse_bad_input_in_words() {
     let c = Controller::start(&[
         ("POLYDEV_ACCEL", "tcg"),

@@ -112,9 +112,33 @@ fn bad_requests_and_unknown_sessions() {
 
 #[test]
 fn start_is_rate_limited_per_user_with_retry_after() {
-    let c = controller(&[("POLYDEV_AUTH_RATE_LIMIT", "2")]);
+    let c = controller(&[
+        ("POLYDEV_AUTH_RATE_LIMIT", "3"),
+        ("POLYDEV_USER_MAX_SIGNINS", "2"),
+    ]);
     let a = start(&c, "ratey", "codex");
     let b = start(&c, "ratey", "claude_code");
+    // Two sessions in progress: the user's cap.
+    let (st, v) = c.call(
+        "POST",
+        "/api/auth/start",
+        Some(r#"{"userId":"ratey","provider":"gemini_cli"}"#),
+    );
+    assert_eq!(
+        (st, v["error"]["code"].as_str()),
+        (429, Some("user_limit")),
+        "{v}"
+    );
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("POLYDEV_USER_MAX_SIGNINS"),
+        "{v}"
+    );
+    let (st, v) = c.call("DELETE", &format!("/api/vm/auth/{a}"), None);
+    assert_eq!(st, 200, "{v}");
+    // Room again, but three starts in the window: the rate limit.
     let r = ureq::post(&c.url("/api/auth/start"))
         .set("Authorization", &format!("Bearer {}", c.key))
         .send_json(serde_json::json!({"userId": "ratey", "provider": "gemini_cli"}));
@@ -131,7 +155,7 @@ fn start_is_rate_limited_per_user_with_retry_after() {
     assert_eq!(body["error"]["code"], "rate_limited");
     // Another user is not affected.
     let other = start(&c, "someone-else", "codex");
-    for id in [a, b, other] {
+    for id in [b, other] {
         let (st, v) = c.call("DELETE", &format!("/api/vm/auth/{id}"), None);
         assert_eq!(st, 200, "{v}");
         assert_eq!(v["session"]["status"], "cancelled");

@@ -387,7 +387,12 @@ fn novnc_and_signaling_through_the_controller() {
         String::from_utf8_lossy(&openssl.stdout).trim(),
         "coturn's TURN REST credential"
     );
-    let (st, v) = plain("GET", &c.url("/api/webrtc/ice-servers"), Some(&ro_token), None);
+    let (st, v) = plain(
+        "GET",
+        &c.url("/api/webrtc/ice-servers"),
+        Some(&ro_token),
+        None,
+    );
     assert_eq!(st, 200, "{v}");
     assert_eq!(
         v["iceServers"].as_array().unwrap().len(),
@@ -404,7 +409,10 @@ fn novnc_and_signaling_through_the_controller() {
     assert_eq!(st, 200);
     let user = v["iceServers"][1]["username"].as_str().unwrap();
     let expiry: i64 = user.split_once(':').unwrap().0.parse().unwrap();
-    assert!(expiry > now / 1000 + 3000, "the operator's key: the configured hour: {user}");
+    assert!(
+        expiry > now / 1000 + 3000,
+        "the operator's key: the configured hour: {user}"
+    );
 
     // Signaling: a read-only token may not; another session's token may not.
     let offer_url = c.url(&format!("/api/webrtc/session/{sid}/offer"));

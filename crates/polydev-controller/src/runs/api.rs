@@ -165,6 +165,25 @@ pub async fn create(
         }
         Some(_) => {}
     }
+    let cap = s.runtime.config().admission.user_max_runs;
+    let open = s
+        .runtime
+        .store()
+        .list_runs(Some(&b.user_id), cap as i64 + 1)
+        .await?
+        .iter()
+        .filter(|r| !r.status.is_terminal())
+        .count();
+    if open >= cap {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "user_limit",
+            format!(
+                "{} has {open} runs queued or running, the most allowed (POLYDEV_USER_MAX_RUNS={cap}); wait for one to end or cancel it",
+                b.user_id
+            ),
+        ));
+    }
     let id = new_run_id();
     let rec = s
         .runtime

@@ -160,6 +160,7 @@ pub async fn run(connections: u32, secs: u64) -> anyhow::Result<()> {
                 memory_mb: 512,
                 vmm: "qemu".into(),
                 dir: dir.path().join("vms/vm_bench_api").display().to_string(),
+                home_disk: false,
             },
             |slot| (format!("pdbench-{slot}"), "tap0".into()),
         )

@@ -159,6 +159,7 @@ pub async fn run(rt: &Arc<Runtime>, n: usize) -> anyhow::Result<()> {
         cli,
         runs,
         keys: polydev_controller::auth::KeyCache::new(rt.store().clone()),
+        limits: Default::default(),
     };
     let key = polydev_controller::auth::generate();
     rt.store()

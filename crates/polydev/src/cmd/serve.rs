@@ -88,6 +88,8 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         polydev_controller::egress::EgressSettings::from_env().map_err(anyhow::Error::msg)?;
     cfg.cli_idle = std::time::Duration::from_secs(a.cli_idle_secs.max(1));
     cfg.runs = polydev_controller::runs::RunsConfig::from_env().map_err(anyhow::Error::msg)?;
+    cfg.admission =
+        polydev_controller::admission::AdmissionConfig::from_env().map_err(anyhow::Error::msg)?;
     let auth = polydev_controller::auth_flow::AuthFlowConfig {
         user_timeout: std::time::Duration::from_secs(a.auth_timeout_secs.max(1)),
         rate_limit: a.auth_rate_limit,
