@@ -789,7 +789,9 @@ impl Runtime {
             .await
     }
 
-    /// Any authenticated request to a VM's agent, JSON in and out.
+    /// Any authenticated request to a VM's agent, JSON in and out: the
+    /// whole exchange within `timeout`, an answer of at most
+    /// [`crate::agent_client::MAX_ANSWER_BYTES`].
     pub async fn agent_call(
         &self,
         rec: &VmRecord,
@@ -798,11 +800,33 @@ impl Runtime {
         body: Option<serde_json::Value>,
         timeout: Duration,
     ) -> Result<serde_json::Value, String> {
+        self.agent_call_limited(
+            rec,
+            method,
+            path,
+            body,
+            timeout,
+            crate::agent_client::MAX_ANSWER_BYTES,
+        )
+        .await
+    }
+
+    /// [`Runtime::agent_call`] taking answers of up to `max_bytes` (an
+    /// `/exec` that asked for more output than the default bound).
+    pub async fn agent_call_limited(
+        &self,
+        rec: &VmRecord,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+        timeout: Duration,
+        max_bytes: usize,
+    ) -> Result<serde_json::Value, String> {
         let target = self
             .agent_target(rec)
             .ok_or("the VM's agent configuration is missing")?;
         target
-            .call(method, path, body, timeout)
+            .call_limited(method, path, body, timeout, max_bytes)
             .await
             .map_err(|e| e.to_string())
     }
