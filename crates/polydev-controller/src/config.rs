@@ -61,6 +61,10 @@ pub struct Config {
     pub cli_idle: Duration,
     /// Prompt runs: providers file, limits, deadlines.
     pub runs: crate::runs::RunsConfig,
+    /// How much of each VM's console log is kept and served: its first
+    /// bytes (`POLYDEV_CONSOLE_HEAD_BYTES`, default 1 MiB) and its last
+    /// (`POLYDEV_CONSOLE_TAIL_BYTES`, default 4 MiB).
+    pub console: polydev_vmm::console::Limits,
 }
 
 impl Config {
@@ -93,6 +97,7 @@ impl Config {
             egress: crate::egress::EgressSettings::default(),
             cli_idle: Duration::from_secs(600),
             runs: crate::runs::RunsConfig::default(),
+            console: polydev_vmm::console::Limits::default(),
         }
     }
 

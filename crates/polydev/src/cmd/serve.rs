@@ -60,6 +60,13 @@ pub struct Args {
     /// hibernates (the next run or terminal resumes it).
     #[arg(long, env = "POLYDEV_CLI_IDLE_SECS", default_value_t = 600)]
     cli_idle_secs: u64,
+    /// Bytes kept from the start of each VM's console log (the boot).
+    #[arg(long, env = "POLYDEV_CONSOLE_HEAD_BYTES", default_value_t = 1 << 20)]
+    console_head_bytes: u64,
+    /// Bytes kept from the end of each VM's console log; what lies between
+    /// head and tail is dropped, leaving a line that says how much.
+    #[arg(long, env = "POLYDEV_CONSOLE_TAIL_BYTES", default_value_t = 4 << 20)]
+    console_tail_bytes: u64,
 }
 
 /// Runs the controller.
@@ -88,6 +95,11 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         polydev_controller::egress::EgressSettings::from_env().map_err(anyhow::Error::msg)?;
     cfg.cli_idle = std::time::Duration::from_secs(a.cli_idle_secs.max(1));
     cfg.runs = polydev_controller::runs::RunsConfig::from_env().map_err(anyhow::Error::msg)?;
+    cfg.console = polydev_vmm::console::Limits {
+        head: a.console_head_bytes,
+        // A boot's last lines (readiness, a panic) must fit.
+        tail: a.console_tail_bytes.max(64 << 10),
+    };
     let auth = polydev_controller::auth_flow::AuthFlowConfig {
         user_timeout: std::time::Duration::from_secs(a.auth_timeout_secs.max(1)),
         rate_limit: a.auth_rate_limit,
