@@ -20,6 +20,7 @@ pub mod pool;
 pub mod private;
 pub mod runs;
 pub mod runtime;
+pub mod sign_in;
 pub mod terminal;
 
 use axum::Router;

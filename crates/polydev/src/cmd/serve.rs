@@ -53,6 +53,11 @@ pub struct Args {
     /// resumes one instead of booting (each costs its memory on disk; 0: off).
     #[arg(long, env = "POLYDEV_BROWSER_POOL", default_value_t = 0)]
     browser_pool: usize,
+    /// Further origins (comma-separated `scheme://host[:port]`) a sign-in's
+    /// authorization URL may point at besides the provider's own https hosts:
+    /// a stand-in OAuth server in tests. Empty by default.
+    #[arg(long, env = "POLYDEV_AUTH_URL_ORIGINS", default_value = "")]
+    auth_url_origins: String,
     /// Largest accepted request body in bytes.
     #[arg(long, env = "POLYDEV_MAX_BODY_BYTES", default_value_t = 65536)]
     max_body_bytes: usize,
@@ -106,6 +111,8 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         display_timeout: std::time::Duration::from_secs(a.auth_display_timeout_secs.max(1)),
         url_timeout: std::time::Duration::from_secs(a.auth_url_timeout_secs.max(1)),
         browser_pool: a.browser_pool,
+        url_origins: polydev_controller::sign_in::parse_origins(&a.auth_url_origins)
+            .map_err(anyhow::Error::msg)?,
         ..Default::default()
     };
     polydev_controller::serve(cfg, auth).await
