@@ -175,16 +175,24 @@ pub fn read_capped(path: &Path, limits: Limits) -> io::Result<Vec<u8>> {
 pub struct LogReader {
     path: PathBuf,
     offset: u64,
+    /// The last bytes read (at most [`CHECK_BYTES`]): still there at the same
+    /// place when the file was not rewritten since.
+    last: Vec<u8>,
 }
+
+/// How many of the last bytes read [`LogReader`] compares to tell that the
+/// file was rewritten.
+const CHECK_BYTES: usize = 64;
 
 /// What one [`LogReader::read_new`] got.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NewBytes {
     /// The bytes added since the last read.
     pub bytes: Vec<u8>,
-    /// The file was shorter than what had been read (shortened by [`cap`] or
-    /// replaced): reading started again from its first byte, so `bytes` do
-    /// not continue the previous ones.
+    /// The file was rewritten since the last read (shortened by [`cap`] or
+    /// replaced: shorter than what had been read, or the last bytes read are
+    /// no longer where they were): reading started again from its first
+    /// byte, so `bytes` do not continue the previous ones.
     pub restarted: bool,
 }
 
@@ -194,6 +202,7 @@ impl LogReader {
         LogReader {
             path: path.into(),
             offset: 0,
+            last: Vec::new(),
         }
     }
 
@@ -211,12 +220,24 @@ impl LogReader {
             Err(e) => return Err(e),
         };
         let len = f.metadata()?.len();
-        let restarted = len < self.offset;
+        let restarted = len < self.offset
+            || (!self.last.is_empty() && {
+                let at = self.offset - self.last.len() as u64;
+                read_from(&f, at, self.last.len() as u64)? != self.last
+            });
         if restarted {
             self.offset = 0;
+            self.last.clear();
         }
         let bytes = read_from(&f, self.offset, max.min(len - self.offset))?;
         self.offset += bytes.len() as u64;
+        if bytes.len() >= CHECK_BYTES {
+            self.last = bytes[bytes.len() - CHECK_BYTES..].to_vec();
+        } else {
+            self.last.extend_from_slice(&bytes);
+            let extra = self.last.len().saturating_sub(CHECK_BYTES);
+            self.last.drain(..extra);
+        }
         Ok(NewBytes { bytes, restarted })
     }
 }
@@ -373,5 +394,31 @@ mod tests {
         let n = r.read_new(100).unwrap();
         assert!(n.restarted);
         assert_eq!(n.bytes, b"again");
+    }
+
+    #[test]
+    fn the_reader_notices_a_cap_even_when_the_log_grew_back_past_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("console.log");
+        let mut f = appender(&p);
+        f.write_all(lines(0, 10_000).as_bytes()).unwrap();
+        let mut r = LogReader::new(&p);
+        while !r.read_new(1 << 16).unwrap().bytes.is_empty() {}
+        let read = r.offset();
+        cap(&p, SMALL).unwrap().expect("capped");
+        // The guest writes on: the log is longer again than what was read.
+        f.write_all(lines(10_000, 20_000).as_bytes()).unwrap();
+        assert!(std::fs::metadata(&p).unwrap().len() > read);
+        let n = r.read_new(1 << 30).unwrap();
+        assert!(n.restarted, "the rewrite was noticed");
+        let text = String::from_utf8(n.bytes).unwrap();
+        assert!(text.starts_with("line 000000\n"));
+        assert!(text.ends_with("line 019999\n"));
+        assert!(text.contains("line 015000\n"), "nothing new was skipped");
+        // Untouched since: only what is new.
+        f.write_all(b"more\n").unwrap();
+        let n = r.read_new(100).unwrap();
+        assert!(!n.restarted);
+        assert_eq!(n.bytes, b"more\n");
     }
 }
