@@ -241,10 +241,19 @@ async fn list_vms(
     ))
 }
 
+/// `GET /api/vms/:id/console`: the console log, at most its configured head
+/// and tail (the guest decides how much it writes).
 async fn console(State(s): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
     let rec = find(&s, &id).await?;
     let path = std::path::Path::new(&rec.dir).join(polydev_vmm::CONSOLE_FILE);
-    match tokio::fs::read(&path).await {
+    let limits = s.runtime.config().console;
+    let read = {
+        let p = path.clone();
+        tokio::task::spawn_blocking(move || polydev_vmm::console::read_capped(&p, limits))
+            .await
+            .map_err(|e| ApiError::internal(format!("reading {}: {e}", path.display())))?
+    };
+    match read {
         Ok(bytes) => Ok((
             [(
                 axum::http::header::CONTENT_TYPE,

@@ -12,6 +12,7 @@
 use crate::cli_vm::CliVms;
 use crate::pool::BrowserPool;
 use crate::runtime::{Runtime, RuntimeError};
+use crate::sign_in;
 use polydev_core::auth::{Provider, SessionStatus as S};
 use polydev_core::vm::{now_ms, VmStatus, VmType};
 use polydev_store::AuthSession;
@@ -35,6 +36,10 @@ pub struct AuthFlowConfig {
     pub url_timeout: Duration,
     /// Warm browser VMs kept hibernated for new sessions (0: none).
     pub browser_pool: usize,
+    /// Origins an authorization URL may point at besides the provider's own
+    /// sign-in hosts (`POLYDEV_AUTH_URL_ORIGINS`; a stand-in OAuth server in
+    /// tests). Empty by default.
+    pub url_origins: Vec<polydev_login::url::Origin>,
 }
 
 impl Default for AuthFlowConfig {
@@ -46,6 +51,7 @@ impl Default for AuthFlowConfig {
             display_timeout: Duration::from_secs(90),
             url_timeout: Duration::from_secs(120),
             browser_pool: 0,
+            url_origins: Vec::new(),
         }
     }
 }
@@ -383,6 +389,7 @@ impl AuthFlow {
                     ))
                 }
             };
+            sign_in::check_url(s.provider, &url, &self.cfg.url_origins)?;
             self.advance(&id, S::Ready, S::AwaitingUserAuth, None, Some(&url))
                 .await?;
             auth_url = Some(url);
@@ -423,6 +430,7 @@ impl AuthFlow {
             // a new URL; the agent has put it on the VM's screen.
             if let Some(u) = st.get("oauthUrl").and_then(|v| v.as_str()) {
                 if !u.is_empty() && auth_url.as_deref() != Some(u) {
+                    sign_in::check_url(s.provider, u, &self.cfg.url_origins)?;
                     self.advance(&id, S::AwaitingUserAuth, S::AwaitingUserAuth, None, Some(u))
                         .await?;
                     tracing::info!(session_id = %id, "the CLI shows a new authorization URL");
@@ -431,7 +439,8 @@ impl AuthFlow {
             }
             if let Some(err) = st.get("error").and_then(|v| v.as_str()) {
                 let output = st.get("output").map(|o| o.to_string()).unwrap_or_default();
-                let mut msg = login_failure(s.provider, err, &output);
+                let err = sign_in::clip(err, sign_in::MAX_FAILURE_CHARS);
+                let mut msg = login_failure(s.provider, &err, &output);
                 if let Some(e) = self.rt.egress().and_then(|h| h.egress.last_error(&vm_id)) {
                     msg.push_str(&format!(" (the VM's egress: {e})"));
                 }
@@ -450,12 +459,10 @@ impl AuthFlow {
             )
             .await
             .map_err(|e| format!("fetching the credential file: {e}"))?;
-        let companions = companion_files(&got, s.provider);
-        let creds = match got.get("credentials") {
-            Some(serde_json::Value::String(t)) => t.clone().into_bytes(),
-            Some(v) if !v.is_null() => v.to_string().into_bytes(),
-            _ => return Err("the browser VM returned no credentials".into()),
-        };
+        let sign_in::SignedIn {
+            credentials: creds,
+            companions,
+        } = sign_in::take_files(&got, s.provider)?;
         let sealed = self.vault.seal(&s.user_id, s.provider.as_str(), &creds);
         let parts = polydev_store::SealedParts {
             encrypted_data: &sealed.ciphertext,
@@ -549,7 +556,8 @@ impl AuthFlow {
                 }
                 if let Some(err) = v.get("error").and_then(|e| e.as_str()) {
                     return Err(format!(
-                        "the {p} login failed before showing a sign-in page: {err}"
+                        "the {p} login failed before showing a sign-in page: {}",
+                        sign_in::clip(err, sign_in::MAX_FAILURE_CHARS)
                     ));
                 }
             }
@@ -568,7 +576,7 @@ impl AuthFlow {
         user_id: &str,
         p: Provider,
         creds: &[u8],
-        companions: &[(String, String)],
+        companions: &[(String, Vec<u8>)],
     ) -> Result<(), String> {
         use base64::Engine;
         let (rec, _hold, _) = self.cli.ensure(user_id).await?;
@@ -583,10 +591,10 @@ impl AuthFlow {
             .agent_call(&rec, "POST", "/files", Some(body), Duration::from_secs(30))
             .await
             .map_err(|e| format!("installing the credentials in CLI VM {vm_id}: {e}"))?;
-        for (path, content_b64) in companions {
+        for (path, content) in companions {
             let body = serde_json::json!({
                 "path": path,
-                "contentBase64": content_b64,
+                "contentBase64": base64::engine::general_purpose::STANDARD.encode(content),
                 "mode": "0600",
                 "owner": CLI_USER,
             });
@@ -689,30 +697,6 @@ fn login_failure(p: Provider, err: &str, output: &str) -> String {
     }
 }
 
-/// The files besides the credential file that the CLI wrote at sign-in
-/// (Gemini's account and settings files), from the agent's
-/// `/credentials/get` answer: (absolute guest path, content as base64).
-/// Only paths in the CLI user's home are taken.
-fn companion_files(got: &serde_json::Value, p: Provider) -> Vec<(String, String)> {
-    let primary = credential_path(p);
-    let home = "/home/polydev/";
-    got.get("files")
-        .and_then(|f| f.as_array())
-        .map(|files| {
-            files
-                .iter()
-                .filter_map(|f| {
-                    let rel = f.get("path")?.as_str()?;
-                    let b64 = f.get("contentBase64")?.as_str()?;
-                    let path = format!("{home}{}", rel.trim_start_matches('/'));
-                    let safe = !rel.split('/').any(|c| c == "..");
-                    (safe && path != primary).then(|| (path, b64.to_string()))
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 fn new_session_id() -> String {
     use rand::RngCore;
     let mut b = [0u8; 12];
@@ -723,24 +707,6 @@ fn new_session_id() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn companions_skip_the_primary_file_and_paths_outside_home() {
-        let got = serde_json::json!({"files": [
-            {"path": ".gemini/oauth_creds.json", "contentBase64": "YQ=="},
-            {"path": ".gemini/settings.json", "contentBase64": "Yg=="},
-            {"path": "../etc/passwd", "contentBase64": "Yw=="},
-        ]});
-        let c = companion_files(&got, Provider::GeminiCli);
-        assert_eq!(
-            c,
-            vec![(
-                "/home/polydev/.gemini/settings.json".to_string(),
-                "Yg==".to_string()
-            )]
-        );
-        assert!(companion_files(&serde_json::json!({}), Provider::Codex).is_empty());
-    }
 
     #[test]
     fn unreachable_provider_is_said_in_words() {

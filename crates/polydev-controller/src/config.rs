@@ -63,6 +63,10 @@ pub struct Config {
     pub runs: crate::runs::RunsConfig,
     /// Host capacity, per-user caps and rate limits.
     pub admission: crate::admission::AdmissionConfig,
+    /// How much of each VM's console log is kept and served: its first
+    /// bytes (`POLYDEV_CONSOLE_HEAD_BYTES`, default 1 MiB) and its last
+    /// (`POLYDEV_CONSOLE_TAIL_BYTES`, default 4 MiB).
+    pub console: polydev_vmm::console::Limits,
 }
 
 impl Config {
@@ -96,6 +100,7 @@ impl Config {
             cli_idle: Duration::from_secs(600),
             runs: crate::runs::RunsConfig::default(),
             admission: crate::admission::AdmissionConfig::default(),
+            console: polydev_vmm::console::Limits::default(),
         }
     }
 

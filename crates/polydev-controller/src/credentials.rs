@@ -13,6 +13,7 @@ use axum::http::StatusCode;
 use axum::Json;
 use polydev_core::auth::Provider;
 use polydev_core::run::CredentialKind;
+use polydev_login::provider::CREDENTIAL_MAX_BYTES;
 use polydev_store::{CredentialRow, SealedParts, VmRecord};
 use polydev_vault::{Keyring, Sealed};
 use std::time::Duration;
@@ -82,7 +83,8 @@ async fn read_in_vm(rt: &Runtime, rec: &VmRecord, p: Provider) -> Result<Option<
         "argv": ["cat", credential_path(p)],
         "user": CLI_USER,
         "timeoutMs": 10_000,
-        "maxOutputBytes": 1 << 20,
+        // One byte more than a credential file may have: a longer one shows.
+        "maxOutputBytes": CREDENTIAL_MAX_BYTES + 1,
     });
     let out = rt
         .agent_call(rec, "POST", "/exec", Some(body), Duration::from_secs(15))
@@ -164,7 +166,7 @@ pub async fn sync_from_vm(
     if now.as_slice() == stored.secret.as_slice() {
         return Ok(false);
     }
-    if let Err(e) = polydev_login::credentials::validate(p, &now) {
+    if let Err(e) = usable(p, &now) {
         tracing::warn!(user_id, provider = %p, error = %e, "the CLI VM's credential file is not usable; the vault keeps its copy");
         return Ok(false);
     }
@@ -185,6 +187,17 @@ pub async fn sync_from_vm(
         tracing::info!(user_id, provider = %p, vm_id = %rec.vm_id, "refreshed credential sealed into the vault");
     }
     Ok(changed)
+}
+
+/// Whether a credential file read from a CLI VM may replace the vault's:
+/// at most [`CREDENTIAL_MAX_BYTES`] and well-formed for `p`.
+fn usable(p: Provider, content: &[u8]) -> Result<(), String> {
+    if content.len() > CREDENTIAL_MAX_BYTES {
+        return Err(format!(
+            "the file has more than {CREDENTIAL_MAX_BYTES} bytes"
+        ));
+    }
+    polydev_login::credentials::validate(p, content).map_err(|e| e.to_string())
 }
 
 /// Seals every OAuth credential of the VM's user that its CLI refreshed.
@@ -369,4 +382,23 @@ pub async fn put_api_key(
         .ok_or_else(|| ApiError::internal("the stored key vanished"))?;
     tracing::info!(%user_id, provider = %p, "API key stored");
     Ok((StatusCode::OK, Json(row_json(&row))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refreshed_file_replaces_the_vaults_only_within_its_limit() {
+        let ok =
+            br#"{"access_token":"a","refresh_token":"r","token_type":"Bearer","expiry_date":5}"#;
+        usable(Provider::GeminiCli, ok).unwrap();
+        assert!(usable(Provider::GeminiCli, b"{}").is_err());
+        let mut big = ok[..ok.len() - 1].to_vec();
+        big.extend_from_slice(
+            format!(r#","pad":"{}"}}"#, "x".repeat(CREDENTIAL_MAX_BYTES)).as_bytes(),
+        );
+        let e = usable(Provider::GeminiCli, &big).unwrap_err();
+        assert!(e.contains("more than 65536"), "{e}");
+    }
 }

@@ -22,6 +22,7 @@ pub mod private;
 pub mod request_log;
 pub mod runs;
 pub mod runtime;
+pub mod sign_in;
 pub mod terminal;
 
 use axum::Router;

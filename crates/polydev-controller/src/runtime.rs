@@ -709,13 +709,13 @@ impl Runtime {
     /// authenticated health answer; marks the VM running or failed.
     async fn await_ready(self: &Arc<Self>, rec: VmRecord, deadline: Instant) {
         let console_path = Path::new(&rec.dir).join(polydev_vmm::CONSOLE_FILE);
+        // Read piece by piece, off the async threads: only what the guest
+        // added since the last look.
+        let watch = Arc::new(Mutex::new(console::BootWatch::new(console_path)));
         let marker = rec.dir.clone();
         let timeout_secs = self.cfg.boot_timeout.as_secs();
         loop {
-            let text = std::fs::read(&console_path)
-                .map(|b| String::from_utf8_lossy(&b).into_owned())
-                .unwrap_or_default();
-            let progress = console::scan(&text);
+            let progress = poll_console(&watch).await;
             if let Some(ready) = &progress.ready {
                 match self.health_until(&rec, deadline).await {
                     Ok(()) => {
@@ -763,11 +763,8 @@ impl Runtime {
             if progress.panic.is_some() || exited.is_some() {
                 // Let the last console bytes land.
                 tokio::time::sleep(Duration::from_millis(100)).await;
-                let text = std::fs::read(&console_path)
-                    .map(|b| String::from_utf8_lossy(&b).into_owned())
-                    .unwrap_or_default();
-                let reason =
-                    console::failure_reason(&console::scan(&text), exited.as_deref(), None);
+                let progress = poll_console(&watch).await;
+                let reason = console::failure_reason(&progress, exited.as_deref(), None);
                 self.fail(&rec, &reason).await;
                 return;
             }
@@ -799,15 +796,17 @@ impl Runtime {
         text
     }
 
-    /// Watches running VMs: one whose VMM died (guest crash, KVM internal
-    /// error, killed) is marked failed with the reason and reclaimed, its
-    /// logs kept. Runs until the controller stops.
+    /// Watches live VMs: keeps each one's console log within the configured
+    /// head and tail ([`console::cap`]); one whose VMM died (guest crash, KVM
+    /// internal error, killed) is marked failed with the reason and
+    /// reclaimed, its logs kept. Runs until the controller stops.
     pub async fn watch(self: Arc<Self>, every: Duration) {
         loop {
             tokio::time::sleep(every).await;
             let Ok(vms) = self.store.list_vms(None, false).await else {
                 continue;
             };
+            self.cap_consoles(&vms).await;
             for rec in vms.into_iter().filter(|r| r.status == VmStatus::Running) {
                 let Some(pid) = rec.vmm_pid else { continue };
                 if process::is_alive(pid as u32, &rec.dir) {
@@ -822,17 +821,56 @@ impl Runtime {
                 if !still_running {
                     continue;
                 }
-                let console = std::fs::read(Path::new(&rec.dir).join(polydev_vmm::CONSOLE_FILE))
-                    .map(|b| String::from_utf8_lossy(&b).into_owned())
-                    .unwrap_or_default();
+                let path = Path::new(&rec.dir).join(polydev_vmm::CONSOLE_FILE);
+                let console = tokio::task::spawn_blocking(move || {
+                    console::read_tail(&path, DIED_CONSOLE_TAIL).map(|(b, _)| b)
+                })
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .unwrap_or_default();
                 let exit = self.exit_text(&rec.vm_id, Path::new(&rec.dir), pid as u32);
-                let progress = console::scan(&console);
+                let progress = console::scan(&String::from_utf8_lossy(&console));
                 let reason = match progress.panic {
                     Some(p) => format!("VMM exited while running ({exit}); kernel panic: {p}"),
                     None => format!("VMM exited while running ({exit})"),
                 };
                 self.fail(&rec, &reason).await;
             }
+        }
+    }
+
+    /// Shortens the console log of every VM whose VMM may be writing it
+    /// (creating or running) to the configured head and tail.
+    async fn cap_consoles(&self, vms: &[VmRecord]) {
+        let limits = self.cfg.console;
+        let logs: Vec<(String, PathBuf)> = vms
+            .iter()
+            .filter(|r| matches!(r.status, VmStatus::Creating | VmStatus::Running))
+            .map(|r| {
+                let path = Path::new(&r.dir).join(polydev_vmm::CONSOLE_FILE);
+                (r.vm_id.clone(), path)
+            })
+            .collect();
+        if logs.is_empty() {
+            return;
+        }
+        let done = tokio::task::spawn_blocking(move || {
+            for (vm_id, path) in logs {
+                match console::cap(&path, limits) {
+                    Ok(Some(dropped)) => {
+                        tracing::info!(vm_id, dropped, "console log shortened")
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::warn!(vm_id, error = %e, path = %path.display(), "shortening the console log")
+                    }
+                }
+            }
+        })
+        .await;
+        if let Err(e) = done {
+            tracing::error!(error = %e, "shortening console logs");
         }
     }
 
@@ -861,7 +899,9 @@ impl Runtime {
             .await
     }
 
-    /// Any authenticated request to a VM's agent, JSON in and out.
+    /// Any authenticated request to a VM's agent, JSON in and out: the
+    /// whole exchange within `timeout`, an answer of at most
+    /// [`crate::agent_client::MAX_ANSWER_BYTES`].
     pub async fn agent_call(
         &self,
         rec: &VmRecord,
@@ -870,11 +910,33 @@ impl Runtime {
         body: Option<serde_json::Value>,
         timeout: Duration,
     ) -> Result<serde_json::Value, String> {
+        self.agent_call_limited(
+            rec,
+            method,
+            path,
+            body,
+            timeout,
+            crate::agent_client::MAX_ANSWER_BYTES,
+        )
+        .await
+    }
+
+    /// [`Runtime::agent_call`] taking answers of up to `max_bytes` (an
+    /// `/exec` that asked for more output than the default bound).
+    pub async fn agent_call_limited(
+        &self,
+        rec: &VmRecord,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+        timeout: Duration,
+        max_bytes: usize,
+    ) -> Result<serde_json::Value, String> {
         let target = self
             .agent_target(rec)
             .ok_or("the VM's agent configuration is missing")?;
         target
-            .call(method, path, body, timeout)
+            .call_limited(method, path, body, timeout, max_bytes)
             .await
             .map_err(|e| e.to_string())
     }
@@ -1191,11 +1253,33 @@ fn vmm_log_tail(dir: &Path) -> Option<String> {
     ["firecracker.log", polydev_vmm::VMM_LOG_FILE]
         .iter()
         .find_map(|f| {
-            let text = std::fs::read(dir.join(f)).ok()?;
+            let (text, _) = console::read_tail(&dir.join(f), 64 << 10).ok()?;
             let text = String::from_utf8_lossy(&text);
             let line = text.lines().map(str::trim).rev().find(|l| !l.is_empty())?;
             Some(line.chars().take(300).collect())
         })
+}
+
+/// How much of the console's end is read for the panic of a VM whose VMM
+/// died while it ran.
+const DIED_CONSOLE_TAIL: u64 = 1 << 20;
+
+/// What a booting VM's console shows so far, reading what it gained since
+/// the last call on a blocking thread.
+async fn poll_console(watch: &Arc<Mutex<console::BootWatch>>) -> console::BootProgress {
+    let watch = watch.clone();
+    let read = tokio::task::spawn_blocking(move || {
+        let mut w = watch.lock().unwrap_or_else(|e| e.into_inner());
+        w.poll().unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "reading a console log");
+            w.progress()
+        })
+    })
+    .await;
+    read.unwrap_or_else(|e| {
+        tracing::error!(error = %e, "reading a console log");
+        console::BootProgress::default()
+    })
 }
 
 fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {

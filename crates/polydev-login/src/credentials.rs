@@ -234,10 +234,13 @@ pub fn read(provider: Provider, home: &Path) -> Result<Credentials, CredentialEr
         path: credential_file(provider),
         content,
     }];
-    for rel in companion_files(provider) {
-        if let Ok(content) = std::fs::read(home.join(rel)) {
+    for f in companion_files(provider) {
+        if let Ok(content) = std::fs::read(home.join(f.path)) {
             if serde_json::from_slice::<Value>(&content).is_ok() {
-                files.push(CredentialFile { path: rel, content });
+                files.push(CredentialFile {
+                    path: f.path,
+                    content,
+                });
             }
         }
     }

@@ -4,7 +4,8 @@
 //! - [`provider`]: what is known about each CLI's login (SPEC §3): its
 //!   command, environment, authorization URL shape and credential files;
 //! - [`credentials`]: is a credential file complete and well-formed;
-//! - [`ansi`] and [`url`]: finding the authorization URL in terminal output;
+//! - [`ansi`] and [`url`]: finding the authorization URL in terminal output,
+//!   and checking one before it is shown;
 //! - [`hook`]: the `$BROWSER` capture script;
 //! - [`pty`]: starting a program on a fresh pseudo-terminal, as a given user;
 //! - [`callback`]: forwarding an OAuth redirect to the CLI's localhost listener;

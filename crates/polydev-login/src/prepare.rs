@@ -85,6 +85,15 @@ fn gemini_settings(home: &Path, owner: Option<(u32, u32)>) -> Result<PathBuf, Lo
     Ok(path)
 }
 
+/// The Gemini settings installed with the credentials in another VM: only
+/// `security.auth.selectedType` = [`GEMINI_OAUTH`], the choice the sign-in
+/// made, whatever else the settings in the login's VM said.
+pub fn gemini_signed_in_settings() -> Vec<u8> {
+    let mut v = Value::Object(Map::new());
+    with_gemini_oauth(&mut v);
+    serde_json::to_vec_pretty(&v).expect("JSON value")
+}
+
 /// Sets `security.auth.selectedType` to [`GEMINI_OAUTH`]; false when it
 /// already was. A `settings` that is not an object becomes one.
 pub fn with_gemini_oauth(settings: &mut Value) -> bool {
@@ -171,6 +180,15 @@ mod tests {
             .unwrap()
             .is_empty());
         assert_eq!(fs::read_dir(home.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn signed_in_settings_carry_only_the_auth_type() {
+        let v: Value = serde_json::from_slice(&gemini_signed_in_settings()).unwrap();
+        assert_eq!(
+            v,
+            json!({"security": {"auth": {"selectedType": "oauth-personal"}}})
+        );
     }
 
     #[test]

@@ -130,6 +130,22 @@ pub fn authorize_endpoint(provider: Provider) -> AuthorizeEndpoint {
     }
 }
 
+/// The hosts a provider's authorization URL may point at (`https`, port
+/// 443): its [`authorize_endpoint`] and the other sign-in pages its CLI is
+/// known to send users to (Claude's account and console logins).
+pub fn authorize_hosts(provider: Provider) -> &'static [&'static str] {
+    match provider {
+        Provider::ClaudeCode => &[
+            "claude.com",
+            "claude.ai",
+            "platform.claude.com",
+            "console.anthropic.com",
+        ],
+        Provider::Codex => &["auth.openai.com"],
+        Provider::GeminiCli => &["accounts.google.com"],
+    }
+}
+
 /// A listener whose address does not depend on the URL: codex always waits
 /// on `127.0.0.1:1455/auth/callback`. The others put theirs in `redirect_uri`.
 pub fn fixed_callback(provider: Provider) -> Option<(u16, &'static str)> {
@@ -151,11 +167,49 @@ pub fn credential_file(provider: Provider) -> &'static str {
     }
 }
 
+/// The most bytes a credential file may have when it is taken from the VM
+/// it was written in (the real files are a few KiB).
+pub const CREDENTIAL_MAX_BYTES: usize = 64 << 10;
+
+/// A file written next to the credential file that belongs with it when the
+/// credentials are moved to another VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CompanionFile {
+    /// Path relative to the CLI user's home.
+    pub path: &'static str,
+    /// The most bytes it may have.
+    pub max_bytes: usize,
+    /// What is installed in the other VM.
+    pub install: Install,
+}
+
+/// What is installed for a companion file in the VM the credentials move to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Install {
+    /// The file as the CLI wrote it (it must be JSON).
+    AsWritten,
+    /// Gemini's settings with nothing but the auth type the sign-in used
+    /// ([`crate::prepare::gemini_signed_in_settings`]), whatever the file said.
+    GeminiAuthType,
+}
+
 /// Files written next to the credential file that belong with it when the
-/// credentials are moved to another VM (relative to home; may be absent).
-pub fn companion_files(provider: Provider) -> &'static [&'static str] {
+/// credentials are moved to another VM (may be absent). Nothing else is
+/// taken from the VM a login ran in.
+pub fn companion_files(provider: Provider) -> &'static [CompanionFile] {
     match provider {
-        Provider::GeminiCli => &[".gemini/google_accounts.json", ".gemini/settings.json"],
+        Provider::GeminiCli => &[
+            CompanionFile {
+                path: ".gemini/google_accounts.json",
+                max_bytes: 16 << 10,
+                install: Install::AsWritten,
+            },
+            CompanionFile {
+                path: ".gemini/settings.json",
+                max_bytes: 64 << 10,
+                install: Install::GeminiAuthType,
+            },
+        ],
         _ => &[],
     }
 }
@@ -184,6 +238,28 @@ mod tests {
             assert_eq!(p.to_string(), s);
         }
         assert!("claude".parse::<Provider>().is_err());
+    }
+
+    #[test]
+    fn the_real_endpoint_is_an_allowed_host_and_files_are_bounded() {
+        for p in [Provider::ClaudeCode, Provider::Codex, Provider::GeminiCli] {
+            assert!(
+                authorize_hosts(p).contains(&authorize_endpoint(p).host),
+                "{p}"
+            );
+            for f in companion_files(p) {
+                assert!(f.max_bytes > 0 && f.max_bytes <= CREDENTIAL_MAX_BYTES);
+                assert_ne!(f.path, credential_file(p));
+                assert!(!f.path.starts_with('/') && !f.path.contains(".."));
+            }
+        }
+        assert_eq!(
+            companion_files(Provider::GeminiCli)
+                .iter()
+                .find(|f| f.path == crate::prepare::GEMINI_SETTINGS)
+                .map(|f| f.install),
+            Some(Install::GeminiAuthType)
+        );
     }
 
     #[test]

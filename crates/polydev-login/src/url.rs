@@ -2,7 +2,7 @@
 //! `scheme://host[:port]/path?query`, without a general-purpose URL crate
 //! (the agent ships in every VM and stays small).
 
-use crate::provider::{authorize_endpoint, Provider};
+use crate::provider::{authorize_endpoint, authorize_hosts, Provider};
 
 /// The parts of an absolute `http(s)` URL this crate looks at.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -128,6 +128,90 @@ pub fn is_real_host(provider: Provider, url: &str) -> bool {
     Url::parse(url).is_some_and(|u| u.host == authorize_endpoint(provider).host)
 }
 
+/// The longest authorization URL taken from a VM.
+pub const MAX_AUTHORIZE_URL_BYTES: usize = 4096;
+
+/// An origin (`scheme://host[:port]`) on which an operator allows
+/// authorization URLs besides each provider's own hosts, such as a stand-in
+/// OAuth server in tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    /// `http` or `https`.
+    pub scheme: String,
+    /// Host, lowercased.
+    pub host: String,
+    /// Port (the scheme's default when not written).
+    pub port: u16,
+}
+
+impl Origin {
+    /// Parses `scheme://host[:port]` (a trailing `/` is allowed).
+    pub fn parse(s: &str) -> Result<Origin, String> {
+        let u = Url::parse(s.trim())
+            .ok_or_else(|| format!("{s:?} is not an http:// or https:// origin"))?;
+        if u.path != "/" || !u.raw_query.is_empty() || s.contains('#') {
+            return Err(format!(
+                "{s:?} is not an origin: write scheme://host[:port] only"
+            ));
+        }
+        Ok(Origin {
+            scheme: u.scheme,
+            host: u.host,
+            port: u.port,
+        })
+    }
+
+    fn matches(&self, u: &Url) -> bool {
+        self.scheme == u.scheme && self.host == u.host && self.port == u.port
+    }
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}://{}:{}", self.scheme, self.host, self.port)
+    }
+}
+
+/// Checks an authorization URL that a VM reported for `provider`, before it
+/// is stored or shown to anyone: at most [`MAX_AUTHORIZE_URL_BYTES`] of
+/// printable ASCII, and `https` on port 443 of one of the provider's
+/// [`authorize_hosts`], or on one of the `extra` origins. The error says
+/// which rule the URL broke.
+pub fn check_authorize_url(provider: Provider, url: &str, extra: &[Origin]) -> Result<(), String> {
+    if url.len() > MAX_AUTHORIZE_URL_BYTES {
+        return Err(format!(
+            "the {provider} authorization URL is {} bytes long, more than {MAX_AUTHORIZE_URL_BYTES}",
+            url.len()
+        ));
+    }
+    if !url.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(format!(
+            "the {provider} authorization URL contains spaces, control or non-ASCII characters"
+        ));
+    }
+    let u = Url::parse(url).ok_or_else(|| {
+        format!("the {provider} authorization URL is not an http(s) URL with a plain host")
+    })?;
+    if extra.iter().any(|o| o.matches(&u)) {
+        return Ok(());
+    }
+    let hosts = authorize_hosts(provider);
+    if u.scheme != "https" || u.port != 443 {
+        return Err(format!(
+            "the {provider} authorization URL is not https on port 443 ({}://{}:{})",
+            u.scheme, u.host, u.port
+        ));
+    }
+    if !hosts.contains(&u.host.as_str()) {
+        return Err(format!(
+            "the {provider} authorization URL points at {}, not at {}",
+            u.host,
+            hosts.join(", ")
+        ));
+    }
+    Ok(())
+}
+
 /// The CLI's localhost listener named by the URL's `redirect_uri`:
 /// `(port, path)`, or `None` when the redirect goes elsewhere (a paste-code
 /// page).
@@ -172,6 +256,85 @@ mod tests {
                 "http://h:1/p".into()
             ]
         );
+    }
+
+    #[test]
+    fn authorization_urls_are_checked_before_they_are_shown() {
+        let ok = |p, u: &str| check_authorize_url(p, u, &[]);
+        ok(Provider::ClaudeCode, CLAUDE).unwrap();
+        ok(
+            Provider::Codex,
+            "https://auth.openai.com/oauth/authorize?response_type=code&client_id=app",
+        )
+        .unwrap();
+        ok(
+            Provider::GeminiCli,
+            "https://accounts.google.com:443/o/oauth2/v2/auth?client_id=x",
+        )
+        .unwrap();
+        for (p, bad, why) in [
+            (Provider::Codex, CLAUDE, "not at auth.openai.com"),
+            (
+                Provider::ClaudeCode,
+                "http://claude.com/cai/oauth/authorize",
+                "not https",
+            ),
+            (
+                Provider::ClaudeCode,
+                "https://claude.com:8443/cai/oauth/authorize",
+                "port 443",
+            ),
+            (
+                Provider::ClaudeCode,
+                "https://claude.com.evil.test/cai/oauth/authorize",
+                "points at claude.com.evil.test",
+            ),
+            (
+                Provider::ClaudeCode,
+                "https://evil.test@claude.com/",
+                "not an http(s) URL",
+            ),
+            (Provider::GeminiCli, "javascript:alert(1)", "not an http(s)"),
+            (
+                Provider::GeminiCli,
+                "https://accounts.google.com/o/oauth2/v2/auth?x=\u{1b}[2J",
+                "control",
+            ),
+            (
+                Provider::GeminiCli,
+                "https://accounts.google.com/ x",
+                "spaces",
+            ),
+        ] {
+            let e = ok(p, bad).unwrap_err();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+        let long = format!("{CLAUDE}&pad={}", "a".repeat(MAX_AUTHORIZE_URL_BYTES));
+        assert!(ok(Provider::ClaudeCode, &long)
+            .unwrap_err()
+            .contains("more than 4096"));
+    }
+
+    #[test]
+    fn an_operator_origin_allows_a_stand_in_server() {
+        let standin = "http://auth.provider.test:8080/cai/oauth/authorize?client_id=x";
+        assert!(check_authorize_url(Provider::ClaudeCode, standin, &[]).is_err());
+        let allowed = [Origin::parse("http://auth.provider.test:8080/").unwrap()];
+        assert_eq!(allowed[0].to_string(), "http://auth.provider.test:8080");
+        check_authorize_url(Provider::ClaudeCode, standin, &allowed).unwrap();
+        // Exactly that origin: not another port or scheme.
+        let other = standin.replace(":8080", ":8081");
+        assert!(check_authorize_url(Provider::ClaudeCode, &other, &allowed).is_err());
+        let tls = standin.replace("http://", "https://");
+        assert!(check_authorize_url(Provider::ClaudeCode, &tls, &allowed).is_err());
+        for bad in [
+            "auth.provider.test",
+            "http://h/p",
+            "http://h?q=1",
+            "ftp://h",
+        ] {
+            assert!(Origin::parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

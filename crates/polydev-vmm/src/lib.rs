@@ -6,7 +6,8 @@
 //! first byte, and hands back the process. Stopping and liveness are the same
 //! for every driver and live in [`process`]. [`accel`] decides between KVM
 //! and software emulation by booting a probe guest, and [`console`] reads a
-//! console log to say how far a boot got and, when it failed, why.
+//! console log to say how far a boot got and, when it failed, why, and keeps
+//! the log bounded while the guest writes it.
 //!
 //! Every driver also pauses, resumes, snapshots and restores a VM through the
 //! same [`Vmm`] trait; a snapshot is a directory of VMM-specific files plus a

@@ -2,7 +2,10 @@
 //! golden image read-only as the first virtio-mmio disk, the per-VM state
 //! disk as the second, a virtio-net device on the namespace's TAP (opened
 //! with `vnet_hdr=on`), virtio-rng, the serial console captured to a file
-//! and a QMP socket for control.
+//! and a QMP socket for control. The console file is opened `O_APPEND`
+//! (`-chardev file,append=on`), so the controller may shorten it in place
+//! while QEMU writes ([`crate::console::cap`]); a fresh boot empties it
+//! first, a restore continues it.
 //!
 //! Pause and resume are QMP `stop` and `cont`. A snapshot stops the guest,
 //! migrates it into a file (`exec:cat > FILE`; QEMU 7.2 has no `file:`
@@ -28,6 +31,9 @@ pub const STATE_FILE: &str = "qemu-state.migration";
 
 /// How long QEMU may take to write or read a migration stream.
 pub const MIGRATION_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// The id of the serial console's character device.
+const CONSOLE_CHARDEV: &str = "serial0";
 
 /// How long to wait for QEMU's QMP socket after starting it.
 const QMP_WAIT: Duration = Duration::from_secs(20);
@@ -111,8 +117,13 @@ impl Qemu {
             "rng-random,id=rng0,filename=/dev/urandom".into(),
             "-device".into(),
             "virtio-rng-device,rng=rng0".into(),
+            "-chardev".into(),
+            format!(
+                "file,id={CONSOLE_CHARDEV},path={},append=on",
+                d(&spec.console_path())
+            ),
             "-serial".into(),
-            format!("file:{}", d(&spec.console_path())),
+            format!("chardev:{CONSOLE_CHARDEV}"),
             "-qmp".into(),
             format!("unix:{},server=on,wait=off", d(&spec.dir.join(QMP_SOCKET))),
         ]);
@@ -121,20 +132,10 @@ impl Qemu {
     }
 
     /// The argument list that restores `spec` from the migration stream
-    /// `state`: the boot arguments with the console appended to rather than
-    /// truncated, the guest held stopped (`-S`) and `-incoming`.
+    /// `state`: the boot arguments (the console is appended to, so the boot's
+    /// log goes on), the guest held stopped (`-S`) and `-incoming`.
     pub fn restore_args(&self, spec: &VmSpec, state: &Path) -> Vec<String> {
         let mut a = self.args(spec);
-        let console = format!("file:{}", spec.console_path().display());
-        if let Some(i) = a.iter().position(|x| *x == console) {
-            a[i - 1] = "-chardev".into();
-            a[i] = format!(
-                "file,id=serial0,path={},append=on",
-                spec.console_path().display()
-            );
-            a.insert(i + 1, "-serial".into());
-            a.insert(i + 2, "chardev:serial0".into());
-        }
         a.push("-S".into());
         a.push("-incoming".into());
         a.push(format!(
@@ -198,6 +199,13 @@ impl Vmm for Qemu {
     }
 
     fn start(&self, spec: &VmSpec) -> Result<VmmProcess> {
+        // A boot starts a fresh log (QEMU only appends to it).
+        let console = spec.console_path();
+        std::fs::File::create(&console).map_err(|e| VmmError::File {
+            what: "console log",
+            path: console.clone(),
+            source: e,
+        })?;
         self.spawn(spec, self.args(spec))
     }
 
@@ -333,9 +341,12 @@ mod tests {
         );
         assert!(a.contains("vnet_hdr=on"), "{a}");
         assert!(
-            a.contains("-serial file:/var/lib/polydev/vms/vm_1/console.log"),
-            "{a}"
+            a.contains(
+                "-chardev file,id=serial0,path=/var/lib/polydev/vms/vm_1/console.log,append=on -serial chardev:serial0"
+            ),
+            "the console is opened O_APPEND, so it can be shortened in place: {a}"
         );
+        assert!(!a.contains("file:"), "{a}");
         assert!(a.contains("-accel tcg,thread=multi -cpu max"), "{a}");
         assert!(a.contains("init=/usr/sbin/polydev-init"), "{a}");
         assert!(a.contains("ip=169.254.0.22::169.254.0.21"), "{a}");
@@ -345,5 +356,17 @@ mod tests {
         assert!(a.find("drive=root").unwrap() < a.find("drive=state").unwrap());
         let k = Qemu::new(Accel::Kvm).args(&spec()).join(" ");
         assert!(k.contains("-accel kvm -cpu host"), "{k}");
+    }
+
+    #[test]
+    fn a_restore_appends_to_the_same_console() {
+        let q = Qemu::new(Accel::Tcg);
+        let r = q.restore_args(&spec(), Path::new("/s/qemu-state.migration"));
+        let boot = q.args(&spec());
+        assert_eq!(&r[..boot.len()], &boot[..]);
+        assert_eq!(
+            r[boot.len()..].join(" "),
+            "-S -incoming exec:cat '/s/qemu-state.migration'"
+        );
     }
 }

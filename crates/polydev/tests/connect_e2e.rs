@@ -244,6 +244,11 @@ fn connect_three_providers_end_to_end_with_standins_then_reconnect_claude_by_pas
         // Under TCG on a loaded host the test's own steps take minutes.
         ("POLYDEV_AUTH_TIMEOUT_SECS", "1200"),
         ("POLYDEV_AUTH_URL_TIMEOUT_SECS", "600"),
+        // The stand-in OAuth server is not a provider's sign-in host.
+        (
+            "POLYDEV_AUTH_URL_ORIGINS",
+            polydev_login::standins::TEST_PROVIDER_URL,
+        ),
     ]);
     let c = Controller::start(&vars);
     let claude = "/home/polydev/.claude/.credentials.json";

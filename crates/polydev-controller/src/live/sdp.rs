@@ -86,6 +86,52 @@ pub fn ice_ufrag(sdp: &str) -> Option<String> {
         .filter(|u| !u.is_empty())
 }
 
+/// The largest SDP answer taken from a guest's streamer.
+pub const MAX_ANSWER_BYTES: usize = 64 * 1024;
+/// The most candidates taken from a guest's answer, counted in its SDP and
+/// in the list beside it each.
+pub const MAX_ANSWER_CANDIDATES: usize = 16;
+/// The longest candidate taken from a guest.
+pub const MAX_CANDIDATE_BYTES: usize = 1024;
+
+/// Checks an SDP answer a guest's streamer sent, before it is rewritten or
+/// stored: at most [`MAX_ANSWER_BYTES`], starting with `v=0`, no control
+/// characters but line breaks and tabs, at most [`MAX_ANSWER_CANDIDATES`]
+/// candidate lines of at most [`MAX_CANDIDATE_BYTES`] each.
+pub fn check_answer(sdp: &str) -> Result<(), String> {
+    if sdp.len() > MAX_ANSWER_BYTES {
+        return Err(format!(
+            "the SDP answer is {} bytes, more than {MAX_ANSWER_BYTES}",
+            sdp.len()
+        ));
+    }
+    if !sdp.trim_start().starts_with("v=0") {
+        return Err("not an SDP answer (it must start with v=0)".into());
+    }
+    if sdp
+        .chars()
+        .any(|c| c.is_control() && !matches!(c, '\r' | '\n' | '\t'))
+    {
+        return Err("the SDP answer contains control characters".into());
+    }
+    let candidates: Vec<&str> = sdp
+        .lines()
+        .filter(|l| l.starts_with("a=candidate:"))
+        .collect();
+    if candidates.len() > MAX_ANSWER_CANDIDATES {
+        return Err(format!(
+            "the SDP answer has {} candidates, more than {MAX_ANSWER_CANDIDATES}",
+            candidates.len()
+        ));
+    }
+    if candidates.iter().any(|c| c.len() > MAX_CANDIDATE_BYTES) {
+        return Err(format!(
+            "the SDP answer has a candidate longer than {MAX_CANDIDATE_BYTES} bytes"
+        ));
+    }
+    Ok(())
+}
+
 /// Checks an SDP offer a viewer sent: text starting with `v=0`, at most
 /// 32 KiB, no control characters but line breaks and tabs.
 pub fn check_offer(sdp: &str) -> Result<(), String> {
@@ -178,6 +224,26 @@ a=end-of-candidates\r\nm=application 7071 UDP/DTLS/SCTP webrtc-datachannel\r\nc=
         // LF-only input comes out CRLF too.
         let lf = rewrite_answer(&ANSWER.replace("\r\n", "\n"), guest(), relay());
         assert_eq!(lf, a);
+    }
+
+    #[test]
+    fn answers_from_the_guest_are_bounded() {
+        check_answer(ANSWER).unwrap();
+        let many: String = (0..=MAX_ANSWER_CANDIDATES)
+            .map(|i| format!("a=candidate:{i} 1 udp 1 169.254.0.22 7071 typ host\r\n"))
+            .collect();
+        let e = check_answer(&format!("{ANSWER}{many}")).unwrap_err();
+        assert!(e.contains("candidates, more than 16"), "{e}");
+        let e =
+            check_answer(&format!("{ANSWER}a=x:{}\r\n", "y".repeat(MAX_ANSWER_BYTES))).unwrap_err();
+        assert!(e.contains("more than 65536"), "{e}");
+        let long = format!(
+            "a=candidate:1 1 udp 1 169.254.0.22 7071 typ host {}\r\n",
+            "z".repeat(2000)
+        );
+        assert!(check_answer(&format!("{ANSWER}{long}")).is_err());
+        assert!(check_answer("hello").is_err());
+        assert!(check_answer("v=0\r\na=x\u{7}\r\n").is_err());
     }
 
     #[test]

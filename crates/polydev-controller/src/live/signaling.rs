@@ -243,32 +243,18 @@ pub async fn deliver(rt: &Arc<Runtime>, id: &str, wait: bool) -> Result<(), Stri
             ))
         }
     };
-    let Some(answer) = resp
-        .get("answer")
-        .and_then(|a| a.as_str().or_else(|| a.get("sdp").and_then(|s| s.as_str())))
-    else {
-        return fail(format!("the agent's reply has no answer: {resp}"));
+    let answer = match guest_answer(&resp, guest_stream_addr(), public) {
+        Ok(a) => a,
+        Err(e) => return fail(e),
     };
-    let guest = guest_stream_addr();
-    let rewritten = super::sdp::rewrite_answer(answer, guest, public);
-    let candidates: Vec<Value> = resp
-        .get("candidates")
-        .and_then(|c| c.as_array())
-        .map(|cs| {
-            cs.iter()
-                .filter_map(|c| {
-                    let text = c.get("candidate")?.as_str()?;
-                    let new = super::sdp::rewrite_candidate(text, guest, public)?;
-                    let mut c = c.clone();
-                    c["candidate"] = new.into();
-                    Some(c)
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let GuestAnswer {
+        sdp: rewritten,
+        candidates,
+        ufrag,
+    } = answer;
     if let Some(e) = registry().get(id) {
         if let Some(r) = &e.relay {
-            r.expect(super::sdp::ice_ufrag(answer));
+            r.expect(ufrag);
         }
     }
     let stored = store
@@ -283,6 +269,73 @@ pub async fn deliver(rt: &Arc<Runtime>, id: &str, wait: bool) -> Result<(), Stri
         .unwrap_or_default();
     forward_candidates(rt, &rec, id, pending).await;
     Ok(())
+}
+
+/// A guest streamer's answer, checked and rewritten to the relay.
+#[derive(Debug)]
+struct GuestAnswer {
+    /// The answer's SDP naming the relay.
+    sdp: String,
+    /// The candidates beside it that name the streamer, rewritten.
+    candidates: Vec<Value>,
+    /// The answer's ICE username fragment.
+    ufrag: Option<String>,
+}
+
+/// The answer in the agent's reply to an offer (`{answer: sdp | {sdp},
+/// candidates?}`), bounded ([`super::sdp::check_answer`], at most
+/// [`super::sdp::MAX_ANSWER_CANDIDATES`] candidates beside it) and rewritten
+/// from the streamer's address `guest` to the relay's `public`.
+fn guest_answer(
+    resp: &Value,
+    guest: SocketAddr,
+    public: SocketAddr,
+) -> Result<GuestAnswer, String> {
+    use super::sdp;
+    let Some(answer) = resp
+        .get("answer")
+        .and_then(|a| a.as_str().or_else(|| a.get("sdp").and_then(|s| s.as_str())))
+    else {
+        let shown: String = resp.to_string().chars().take(200).collect();
+        return Err(format!("the agent's reply has no answer: {shown}"));
+    };
+    sdp::check_answer(answer).map_err(|e| format!("the guest's WebRTC answer is refused: {e}"))?;
+    let listed = resp
+        .get("candidates")
+        .and_then(|c| c.as_array())
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    if listed.len() > sdp::MAX_ANSWER_CANDIDATES {
+        return Err(format!(
+            "the guest's WebRTC answer is refused: {} candidates, more than {}",
+            listed.len(),
+            sdp::MAX_ANSWER_CANDIDATES
+        ));
+    }
+    let candidates = listed
+        .iter()
+        .filter_map(|c| {
+            let text = c.get("candidate")?.as_str()?;
+            if text.len() > sdp::MAX_CANDIDATE_BYTES {
+                return None;
+            }
+            let new = sdp::rewrite_candidate(text, guest, public)?;
+            let mut out = json!({ "candidate": new });
+            for k in ["sdpMid", "sdpMLineIndex"] {
+                match c.get(k) {
+                    Some(Value::String(s)) if s.len() <= 64 => out[k] = s.as_str().into(),
+                    Some(v @ Value::Number(_)) if v.is_u64() => out[k] = v.clone(),
+                    _ => {}
+                }
+            }
+            Some(out)
+        })
+        .collect();
+    Ok(GuestAnswer {
+        sdp: sdp::rewrite_answer(answer, guest, public),
+        candidates,
+        ufrag: sdp::ice_ufrag(answer),
+    })
 }
 
 /// The SDP of an offer given as a string, `{sdp}`, `{type: "offer", sdp}`
@@ -571,6 +624,40 @@ mod tests {
         assert!(offer_sdp(&json!({"sdp": "hello"})).is_err());
         assert!(offer_sdp(&json!(42)).is_err());
         assert!(offer_sdp(&json!({})).is_err());
+    }
+
+    #[test]
+    fn guest_answers_are_bounded_and_rewritten() {
+        let guest = guest_stream_addr();
+        let public: SocketAddr = "203.0.113.9:40000".parse().unwrap();
+        let sdp = "v=0\r\nm=video 7071 UDP/TLS/RTP/SAVPF 96\r\na=ice-ufrag:uF\r\na=candidate:1 1 udp 1 169.254.0.22 7071 typ host\r\n";
+        let cand = |t: &str| json!({"candidate": t, "sdpMid": "0", "sdpMLineIndex": 0, "extra": "x".repeat(100)});
+        let ok = json!({"answer": {"sdp": sdp}, "candidates": [
+            cand("candidate:1 1 udp 1 169.254.0.22 7071 typ host"),
+            cand("candidate:2 1 udp 1 10.0.0.9 7071 typ host"),
+        ]});
+        let a = guest_answer(&ok, guest, public).unwrap();
+        assert!(a.sdp.contains("203.0.113.9 40000") && !a.sdp.contains("169.254"));
+        assert_eq!(a.ufrag.as_deref(), Some("uF"));
+        assert_eq!(
+            a.candidates,
+            vec![
+                json!({"candidate": "candidate:1 1 udp 1 203.0.113.9 40000 typ host", "sdpMid": "0", "sdpMLineIndex": 0})
+            ],
+            "only the streamer's candidate, only the known fields"
+        );
+
+        let many: Vec<Value> = (0..17)
+            .map(|_| cand("candidate:1 1 udp 1 169.254.0.22 7071 typ host"))
+            .collect();
+        let e =
+            guest_answer(&json!({"answer": sdp, "candidates": many}), guest, public).unwrap_err();
+        assert!(e.contains("17 candidates"), "{e}");
+        let huge = format!("{sdp}a=x:{}\r\n", "y".repeat(70_000));
+        let e = guest_answer(&json!({"answer": huge}), guest, public).unwrap_err();
+        assert!(e.contains("more than 65536"), "{e}");
+        let e = guest_answer(&json!({"noise": "z".repeat(100_000)}), guest, public).unwrap_err();
+        assert!(e.len() < 300, "the reply is not quoted whole: {}", e.len());
     }
 
     #[test]

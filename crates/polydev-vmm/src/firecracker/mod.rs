@@ -11,7 +11,9 @@
 //! appends to the VM's console log: `PUT /serial` (1.14+) opens its file
 //! without `O_APPEND`, so a restored VM would overwrite the boot's console
 //! from the first byte; an inherited append-mode stdout keeps one continuous
-//! console across restores. Firecracker's own log goes to
+//! console across restores, and lets [`crate::console::cap`] shorten the
+//! log in place while Firecracker (or the jailer, which passes its stdout
+//! on) writes it. Firecracker's own log goes to
 //! [`LOG_FILE`] (the previous process's kept as `.prev`), its stderr to the
 //! VMM log.
 //!

@@ -354,8 +354,9 @@ async fn exec(rt: &Runtime, rec: &VmRecord, c: &GuestCommand) -> Result<ExecOut,
         "maxOutputBytes": 8 << 20,
     });
     let limit = Duration::from_millis(c.timeout_ms) + Duration::from_secs(20);
+    // Two streams of up to 8 MiB each, JSON-escaped.
     let v = rt
-        .agent_call(rec, "POST", "/exec", Some(body), limit)
+        .agent_call_limited(rec, "POST", "/exec", Some(body), limit, 40 << 20)
         .await?;
     let s = |k: &str| {
         v.get(k)

@@ -53,6 +53,11 @@ pub struct Args {
     /// resumes one instead of booting (each costs its memory on disk; 0: off).
     #[arg(long, env = "POLYDEV_BROWSER_POOL", default_value_t = 0)]
     browser_pool: usize,
+    /// Further origins (comma-separated `scheme://host[:port]`) a sign-in's
+    /// authorization URL may point at besides the provider's own https hosts:
+    /// a stand-in OAuth server in tests. Empty by default.
+    #[arg(long, env = "POLYDEV_AUTH_URL_ORIGINS", default_value = "")]
+    auth_url_origins: String,
     /// Largest accepted request body in bytes.
     #[arg(long, env = "POLYDEV_MAX_BODY_BYTES", default_value_t = 65536)]
     max_body_bytes: usize,
@@ -60,6 +65,13 @@ pub struct Args {
     /// hibernates (the next run or terminal resumes it).
     #[arg(long, env = "POLYDEV_CLI_IDLE_SECS", default_value_t = 600)]
     cli_idle_secs: u64,
+    /// Bytes kept from the start of each VM's console log (the boot).
+    #[arg(long, env = "POLYDEV_CONSOLE_HEAD_BYTES", default_value_t = 1 << 20)]
+    console_head_bytes: u64,
+    /// Bytes kept from the end of each VM's console log; what lies between
+    /// head and tail is dropped, leaving a line that says how much.
+    #[arg(long, env = "POLYDEV_CONSOLE_TAIL_BYTES", default_value_t = 4 << 20)]
+    console_tail_bytes: u64,
 }
 
 /// Runs the controller.
@@ -90,12 +102,19 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     cfg.runs = polydev_controller::runs::RunsConfig::from_env().map_err(anyhow::Error::msg)?;
     cfg.admission =
         polydev_controller::admission::AdmissionConfig::from_env().map_err(anyhow::Error::msg)?;
+    cfg.console = polydev_vmm::console::Limits {
+        head: a.console_head_bytes,
+        // A boot's last lines (readiness, a panic) must fit.
+        tail: a.console_tail_bytes.max(64 << 10),
+    };
     let auth = polydev_controller::auth_flow::AuthFlowConfig {
         user_timeout: std::time::Duration::from_secs(a.auth_timeout_secs.max(1)),
         rate_limit: a.auth_rate_limit,
         display_timeout: std::time::Duration::from_secs(a.auth_display_timeout_secs.max(1)),
         url_timeout: std::time::Duration::from_secs(a.auth_url_timeout_secs.max(1)),
         browser_pool: a.browser_pool,
+        url_origins: polydev_controller::sign_in::parse_origins(&a.auth_url_origins)
+            .map_err(anyhow::Error::msg)?,
         ..Default::default()
     };
     polydev_controller::serve(cfg, auth).await
