@@ -324,15 +324,9 @@ impl AuthFlow {
                     h.egress.check_proxy(&p, None).await?;
                 }
             }
-            if let Some(warm) = self.pool.claim(&s.user_id).await {
-                // A warm VM from the pool: hibernated, resumed just below.
-                if let Err(e) = self
-                    .advance(&id, S::Initializing, S::VmCreated, Some(&warm.vm_id), None)
-                    .await
-                {
-                    let _ = self.rt.destroy(&warm.vm_id).await;
-                    return Err(e);
-                }
+            if let Some(warm) = self.pool.claim(&s.user_id, &id).await {
+                // A warm VM from the pool, already recorded on the session
+                // (one transaction): hibernated, resumed just below.
                 vm_id = Some(warm.vm_id.clone());
                 claimed = Some(warm);
             } else {
@@ -612,9 +606,11 @@ impl AuthFlow {
         let mut resumed = 0;
         for s in self.rt.store().list_active_auth_sessions().await? {
             let vm_ok = match &s.browser_vm_id {
+                // A warm VM taken from the pool may still be hibernated:
+                // the session resumes it.
                 Some(vm) => matches!(
                     self.rt.store().get_vm(vm).await?.map(|r| r.status),
-                    Some(VmStatus::Running | VmStatus::Creating)
+                    Some(VmStatus::Running | VmStatus::Creating | VmStatus::Hibernated)
                 ),
                 None => s.status == S::Initializing,
             };
@@ -636,7 +632,34 @@ impl AuthFlow {
                 self.end(&s.session_id, to, msg).await;
             }
         }
+        self.reap_unclaimed().await?;
         Ok(resumed)
+    }
+
+    /// Destroys hibernated browser VMs that left the pool but that no
+    /// session in progress names (a claim cut short by a crash, or a session
+    /// that ended without its VM): nothing would ever use or free them.
+    async fn reap_unclaimed(&self) -> Result<Vec<String>, FlowError> {
+        let store = self.rt.store();
+        let named: std::collections::HashSet<String> = store
+            .list_active_auth_sessions()
+            .await?
+            .into_iter()
+            .filter_map(|s| s.browser_vm_id)
+            .collect();
+        let mut reaped = Vec::new();
+        for v in store.list_vms(None, false).await? {
+            let unclaimed = v.vm_type == VmType::Browser
+                && v.user_id != crate::pool::POOL_USER
+                && v.status == VmStatus::Hibernated
+                && !named.contains(&v.vm_id);
+            if unclaimed {
+                tracing::warn!(vm_id = %v.vm_id, user_id = %v.user_id, status = %v.status, "browser VM named by no sign-in session: destroying it");
+                self.rt.destroy(&v.vm_id).await?;
+                reaped.push(v.vm_id);
+            }
+        }
+        Ok(reaped)
     }
 }
 

@@ -169,6 +169,7 @@ pub async fn serve(cfg: Config, auth_cfg: auth_flow::AuthFlowConfig) -> anyhow::
     let report = rt.reconcile().await?;
     tracing::info!(?report, "start-up reconciliation done");
     tokio::spawn(rt.clone().watch(std::time::Duration::from_secs(2)));
+    tokio::spawn(rt.clone().retry_cleanups(std::time::Duration::from_secs(5)));
     let cli = cli_vm::CliVms::new(rt.clone(), rt.config().cli_idle);
     tokio::spawn(cli.clone().idle_loop(std::time::Duration::from_secs(1)));
     {

@@ -91,16 +91,18 @@ impl BrowserPool {
         self.size
     }
 
-    /// Gives a warm VM to `user`, or `None` when the pool is off or empty.
-    /// Hold the claim until the session shows its URL or ends.
-    pub async fn claim(self: &Arc<Self>, user: &str) -> Option<Claimed> {
+    /// Gives a warm VM to `user` and records it on sign-in session
+    /// `session_id` in the same transaction (initializing → vm_created), or
+    /// `None` when the pool is off or empty. Hold the claim until the
+    /// session shows its URL or ends.
+    pub async fn claim(self: &Arc<Self>, user: &str, session_id: &str) -> Option<Claimed> {
         if self.size == 0 {
             return None;
         }
         let got = self
             .rt
             .store()
-            .claim_hibernated_vm(POOL_USER, user, VmType::Browser)
+            .claim_hibernated_vm_for_session(POOL_USER, user, VmType::Browser, session_id)
             .await;
         match got {
             Ok(Some(vm_id)) => {

@@ -575,7 +575,17 @@ impl Runtime {
 
     /// Hibernates a running VM: a full VMM snapshot into its directory, then
     /// the VMM exits. The namespace and slot stay reserved for the resume.
-    pub async fn hibernate(&self, vm_id: &str) -> Result<VmRecord, RuntimeError> {
+    ///
+    /// Runs as its own task: a caller that goes away (an HTTP client that
+    /// disconnects) cannot cut it in half and leave a VMM unrecorded.
+    pub async fn hibernate(self: &Arc<Self>, vm_id: &str) -> Result<VmRecord, RuntimeError> {
+        let (me, id) = (self.clone(), vm_id.to_string());
+        tokio::spawn(async move { me.hibernate_now(&id).await })
+            .await
+            .map_err(|e| RuntimeError::Vmm(format!("hibernating {vm_id}: {e}")))?
+    }
+
+    async fn hibernate_now(&self, vm_id: &str) -> Result<VmRecord, RuntimeError> {
         let lock = self.op_lock(vm_id);
         let _g = lock.lock().await;
         let (rec, spec) = self.vm_in(vm_id, VmStatus::Running, "hibernate").await?;
@@ -634,7 +644,17 @@ impl Runtime {
 
     /// Resumes a hibernated VM from its snapshot and waits until its agent
     /// answers again. On failure the VM stays hibernated with its snapshot.
-    pub async fn resume(&self, vm_id: &str) -> Result<VmRecord, RuntimeError> {
+    ///
+    /// Runs as its own task: a caller that goes away cannot stop it between
+    /// starting the VMM and recording its pid.
+    pub async fn resume(self: &Arc<Self>, vm_id: &str) -> Result<VmRecord, RuntimeError> {
+        let (me, id) = (self.clone(), vm_id.to_string());
+        tokio::spawn(async move { me.resume_now(&id).await })
+            .await
+            .map_err(|e| RuntimeError::Vmm(format!("resuming {vm_id}: {e}")))?
+    }
+
+    async fn resume_now(&self, vm_id: &str) -> Result<VmRecord, RuntimeError> {
         let lock = self.op_lock(vm_id);
         let _g = lock.lock().await;
         let (rec, spec) = self.vm_in(vm_id, VmStatus::Hibernated, "resume").await?;
@@ -1023,16 +1043,62 @@ impl Runtime {
         if rec.status == VmStatus::Destroyed {
             return Ok(rec);
         }
-        let task = self
-            .store
-            .enqueue_cleanup(vm_id, session_id, now_ms())
-            .await?;
-        self.run_destroy(&rec).await;
-        let _ = self.store.complete_cleanup(&task.task_id).await;
+        let task = self.store.begin_cleanup(vm_id, session_id).await?;
+        let done = self.run_destroy(&rec).await;
+        self.settle_cleanup(&task, done).await;
         Ok(self.store.get_vm(vm_id).await?.unwrap_or(rec))
     }
 
-    async fn run_destroy(&self, rec: &VmRecord) {
+    /// Records how a cleanup attempt went: completed, or due again after a
+    /// backoff that doubles with each attempt (2 s up to 5 min) — a cleanup
+    /// is retried until it is done, never given up.
+    async fn settle_cleanup(&self, task: &polydev_store::CleanupTask, done: Result<(), String>) {
+        let r = match &done {
+            Ok(()) => self.store.complete_cleanup(&task.task_id).await,
+            Err(e) => {
+                let wait = cleanup_backoff(task.attempts);
+                tracing::warn!(vm_id = %task.vm_id, attempts = task.attempts, retry_in_s = wait.as_secs(), error = %e, "cleanup failed; will retry");
+                self.store
+                    .fail_cleanup(&task.task_id, e, Some(now_ms() + wait.as_millis() as i64))
+                    .await
+            }
+        };
+        if let Err(e) = r {
+            tracing::error!(task_id = %task.task_id, error = %e, "recording a cleanup attempt");
+        }
+    }
+
+    /// Runs the cleanups that fell due (retries, and tasks whose worker
+    /// died), every `every`, for ever.
+    pub async fn retry_cleanups(self: Arc<Self>, every: Duration) {
+        loop {
+            tokio::time::sleep(every).await;
+            if let Err(e) = self.run_due_cleanups(now_ms(), 64).await {
+                tracing::warn!(error = %e, "running due cleanups");
+            }
+        }
+    }
+
+    /// Runs every cleanup due at `now`; returns the VMs destroyed.
+    async fn run_due_cleanups(&self, now: i64, limit: i64) -> Result<Vec<String>, RuntimeError> {
+        let mut destroyed = Vec::new();
+        for task in self.store.claim_due_cleanups(now, limit).await? {
+            let done = match self.store.get_vm(&task.vm_id).await? {
+                Some(rec) if rec.status != VmStatus::Destroyed => {
+                    let r = self.run_destroy(&rec).await;
+                    if r.is_ok() {
+                        destroyed.push(rec.vm_id);
+                    }
+                    r
+                }
+                _ => Ok(()),
+            };
+            self.settle_cleanup(&task, done).await;
+        }
+        Ok(destroyed)
+    }
+
+    async fn run_destroy(&self, rec: &VmRecord) -> Result<(), String> {
         let lock = self.op_lock(&rec.vm_id);
         let _g = lock.lock().await;
         // A persistent home disk must not lose what the guest still caches:
@@ -1052,11 +1118,15 @@ impl Runtime {
         }
         if let Err(e) = self.reclaim(rec, false).await {
             tracing::error!(vm_id = %rec.vm_id, error = %e, "destroying VM");
-            return;
+            return Err(e);
         }
-        let _ = self.store.mark_vm_destroyed(&rec.vm_id).await;
+        self.store
+            .mark_vm_destroyed(&rec.vm_id)
+            .await
+            .map_err(|e| e.to_string())?;
         let _ = self.store.delete_vm_egress(&rec.vm_id).await;
         tracing::info!(vm_id = %rec.vm_id, "VM destroyed");
+        Ok(())
     }
 
     /// Start-up reconciliation: re-adopts VMs whose VMM is alive and whose
@@ -1065,14 +1135,8 @@ impl Runtime {
     /// processes and directories that no record owns.
     pub async fn reconcile(self: &Arc<Self>) -> Result<ReconcileReport, RuntimeError> {
         let mut report = ReconcileReport::default();
-        // Journaled destroys first.
-        for task in self.store.claim_due_cleanups(i64::MAX, 1000).await? {
-            if let Some(rec) = self.store.get_vm(&task.vm_id).await? {
-                self.run_destroy(&rec).await;
-                report.destroyed.push(rec.vm_id);
-            }
-            let _ = self.store.complete_cleanup(&task.task_id).await;
-        }
+        // Journaled destroys first (every one, whatever its retry time).
+        report.destroyed = self.run_due_cleanups(i64::MAX, 10_000).await?;
         for rec in self.store.list_live_vms().await? {
             let alive = rec
                 .vmm_pid
@@ -1246,6 +1310,25 @@ fn remove_vm_files(dir: &Path, keep_logs: bool) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// How long a failed cleanup waits before its next attempt: 2 s doubled
+/// with each attempt, at most 5 minutes.
+fn cleanup_backoff(attempts: i64) -> Duration {
+    let exp = attempts.clamp(1, 20) as u32;
+    Duration::from_secs(2u64.saturating_pow(exp).min(300))
+}
+
+#[cfg(test)]
+mod cleanup_tests {
+    #[test]
+    fn cleanup_backoff_doubles_up_to_five_minutes() {
+        let s = |a| super::cleanup_backoff(a).as_secs();
+        assert_eq!((s(0), s(1), s(2), s(3)), (2, 2, 4, 8));
+        assert_eq!(s(8), 256);
+        assert_eq!(s(9), 300);
+        assert_eq!(s(i64::MAX), 300);
+    }
 }
 
 /// The last non-empty line of the VMM's own logs, if any.

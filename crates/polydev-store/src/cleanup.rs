@@ -154,6 +154,44 @@ impl Store {
         Ok(task)
     }
 
+    /// Journals the cleanup of `vm_id` as already claimed by the caller
+    /// (processing, first attempt), who runs it now: if the caller dies, the
+    /// task falls due again once its lease runs out.
+    pub async fn begin_cleanup(
+        &self,
+        vm_id: &str,
+        session_id: Option<&str>,
+    ) -> Result<CleanupTask> {
+        let now = now_ms();
+        let task = CleanupTask {
+            task_id: uuid::Uuid::new_v4().to_string(),
+            vm_id: vm_id.to_string(),
+            session_id: session_id.map(str::to_string),
+            cleanup_at: now,
+            status: CleanupStatus::Processing,
+            attempts: 1,
+            error: None,
+            created_at: now,
+            updated_at: now,
+        };
+        sqlx::query(
+            "INSERT INTO vm_cleanup_tasks (task_id, vm_id, session_id, cleanup_at, status, \
+             attempts, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(&task.task_id)
+        .bind(&task.vm_id)
+        .bind(&task.session_id)
+        .bind(task.cleanup_at)
+        .bind(task.status.as_str())
+        .bind(task.attempts)
+        .bind(task.created_at)
+        .bind(task.updated_at)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| self.query_err(format!("begin cleanup of VM {vm_id:?}"), e))?;
+        Ok(task)
+    }
+
     /// Claims up to `limit` due tasks (earliest first) for this worker: pending
     /// tasks due at `now`, and processing tasks whose claim is older than the
     /// lease (their worker is taken to have crashed). Each comes back

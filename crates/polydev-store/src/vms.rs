@@ -391,44 +391,76 @@ impl Store {
         .await
     }
 
-    /// Gives a hibernated VM of `vm_type` owned by `from` (a pool's reserved
-    /// owner) to `to`: compare-and-set on owner and status, oldest first, so
-    /// two callers never get the same VM. Returns its id, or `None` when
-    /// there is none to take.
-    pub async fn claim_hibernated_vm(
+    /// Gives the oldest hibernated VM of `vm_type` owned by `from` to `to`
+    /// and, in the same transaction, records it on sign-in session
+    /// `session_id` (initializing → vm_created): a crash leaves both changes
+    /// or neither, never a taken VM that no session names. Concurrent
+    /// claimers never get the same VM. `None` when no VM is free or the
+    /// session is no longer initializing.
+    pub async fn claim_hibernated_vm_for_session(
         &self,
         from: &str,
         to: &str,
         vm_type: VmType,
+        session_id: &str,
     ) -> Result<Option<String>> {
-        for _ in 0..SLOT_ATTEMPTS {
-            let candidate: Option<(String,)> = sqlx::query_as(
-                "SELECT vm_id FROM vms WHERE user_id = $1 AND vm_type = $2 \
-                 AND status = 'hibernated' ORDER BY created_at, vm_id LIMIT 1",
+        let err = |e| {
+            self.query_err(
+                format!("claim a hibernated VM for session {session_id:?}"),
+                e,
             )
+        };
+        for _ in 0..SLOT_ATTEMPTS {
+            let mut tx = self.pool.begin().await.map_err(err)?;
+            // The write comes first, so that SQLite takes its write lock at
+            // once (a read upgraded to a write can fail under contention).
+            let taken: Option<(String,)> = sqlx::query_as(
+                "UPDATE vms SET user_id = $1 \
+                 WHERE user_id = $2 AND status = 'hibernated' AND vm_id = \
+                   (SELECT vm_id FROM vms WHERE user_id = $2 AND vm_type = $3 \
+                    AND status = 'hibernated' ORDER BY created_at, vm_id LIMIT 1) \
+                 RETURNING vm_id",
+            )
+            .bind(to)
             .bind(from)
             .bind(vm_type.as_str())
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *tx)
             .await
-            .map_err(|e| self.query_err(format!("find a hibernated VM of {from:?}"), e))?;
-            let Some((vm_id,)) = candidate else {
-                return Ok(None);
-            };
-            let taken = self
-                .exec_cas(
-                    format!("give VM {vm_id:?} to {to:?}"),
-                    sqlx::query(
-                        "UPDATE vms SET user_id = $1 \
-                         WHERE vm_id = $2 AND user_id = $3 AND status = 'hibernated'",
-                    )
-                    .bind(to)
-                    .bind(vm_id.as_str())
-                    .bind(from),
+            .map_err(err)?;
+            let Some((vm_id,)) = taken else {
+                let _ = tx.rollback().await;
+                let any_left: Option<(String,)> = sqlx::query_as(
+                    "SELECT vm_id FROM vms WHERE user_id = $1 AND vm_type = $2 \
+                     AND status = 'hibernated' LIMIT 1",
                 )
-                .await?;
-            if taken {
-                return Ok(Some(vm_id));
+                .bind(from)
+                .bind(vm_type.as_str())
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(err)?;
+                if any_left.is_none() {
+                    return Ok(None);
+                }
+                // Another claimer took the first one: try the next.
+                continue;
+            };
+            let recorded = sqlx::query(
+                "UPDATE auth_sessions SET status = 'vm_created', browser_vm_id = $1 \
+                 WHERE session_id = $2 AND status = 'initializing'",
+            )
+            .bind(vm_id.as_str())
+            .bind(session_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(err)?
+            .rows_affected()
+                == 1;
+            if !recorded {
+                let _ = tx.rollback().await;
+                return Ok(None);
             }
+            tx.commit().await.map_err(err)?;
+            return Ok(Some(vm_id));
         }
         Ok(None)
     }

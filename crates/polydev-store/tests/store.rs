@@ -389,9 +389,13 @@ async fn status_compare_and_set(db: &TestDb) {
 both!(list_filters);
 
 async fn claim_hibernated(db: &TestDb) {
+    use polydev_core::auth::Provider;
     let s = &db.store;
     for u in ["_pool", "alice", "bob", "carol"] {
         s.ensure_user(u).await.unwrap();
+        s.insert_auth_session(&format!("as_{u}"), u, Provider::Codex, now_ms() + 60_000)
+            .await
+            .unwrap();
     }
     let browser = |id: &str| {
         let mut v = new_vm(id, "_pool");
@@ -407,7 +411,7 @@ async fn claim_hibernated(db: &TestDb) {
     }
     // Running pooled VMs are not yet ready to be given away.
     assert_eq!(
-        s.claim_hibernated_vm("_pool", "alice", VmType::Browser)
+        s.claim_hibernated_vm_for_session("_pool", "alice", VmType::Browser, "as_alice")
             .await
             .unwrap(),
         None
@@ -416,16 +420,28 @@ async fn claim_hibernated(db: &TestDb) {
     assert!(s.mark_vm_hibernated("p2").await.unwrap());
     // Only of the type asked for.
     assert_eq!(
-        s.claim_hibernated_vm("_pool", "alice", VmType::Cli)
+        s.claim_hibernated_vm_for_session("_pool", "alice", VmType::Cli, "as_alice")
             .await
             .unwrap(),
         None
     );
+    // A session that is no longer initializing takes nothing.
+    assert_eq!(
+        s.claim_hibernated_vm_for_session("_pool", "alice", VmType::Browser, "as_nope")
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        s.get_vm("p1").await.unwrap().unwrap().user_id,
+        "_pool",
+        "rolled back"
+    );
     // Concurrent claims never share a VM.
     let (a, b, c) = tokio::join!(
-        s.claim_hibernated_vm("_pool", "alice", VmType::Browser),
-        s.claim_hibernated_vm("_pool", "bob", VmType::Browser),
-        s.claim_hibernated_vm("_pool", "carol", VmType::Browser),
+        s.claim_hibernated_vm_for_session("_pool", "alice", VmType::Browser, "as_alice"),
+        s.claim_hibernated_vm_for_session("_pool", "bob", VmType::Browser, "as_bob"),
+        s.claim_hibernated_vm_for_session("_pool", "carol", VmType::Browser, "as_carol"),
     );
     let mut got: Vec<String> = [a, b, c].into_iter().filter_map(|r| r.unwrap()).collect();
     got.sort();
@@ -436,6 +452,16 @@ async fn claim_hibernated(db: &TestDb) {
     ];
     assert!(owners.iter().all(|o| o != "_pool"), "{owners:?}");
     assert_ne!(owners[0], owners[1]);
+    // Each taken VM is named by its new owner's session, in the same step.
+    for (vm, owner) in ["p1", "p2"].iter().zip(&owners) {
+        let sess = s
+            .get_auth_session(&format!("as_{owner}"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(sess.browser_vm_id.as_deref(), Some(*vm));
+        assert_eq!(sess.status.as_str(), "vm_created");
+    }
 }
 
 both!(claim_hibernated);
@@ -606,6 +632,29 @@ async fn cleanup_crash_and_retry(db: &TestDb) {
         .await
         .unwrap()
         .is_empty());
+
+    // Begun by a worker that then dies: due again once the lease runs out,
+    // not before; a failed attempt with a retry time comes back then.
+    let t3 = s.begin_cleanup("vm-3", Some("as_3")).await.unwrap();
+    assert_eq!(t3.status, CleanupStatus::Processing);
+    assert!(s.claim_due_cleanups(now_ms(), 10).await.unwrap().is_empty());
+    let later = now_ms() + 10 * 60_000;
+    let again = s.claim_due_cleanups(later, 10).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(
+        (again[0].task_id.as_str(), again[0].attempts),
+        (t3.task_id.as_str(), 2)
+    );
+    assert!(s
+        .fail_cleanup(&t3.task_id, "busy", Some(later + 5_000))
+        .await
+        .unwrap());
+    assert!(s.claim_due_cleanups(later, 10).await.unwrap().is_empty());
+    assert_eq!(
+        s.claim_due_cleanups(later + 5_000, 10).await.unwrap().len(),
+        1
+    );
+    assert!(s.complete_cleanup(&t3.task_id).await.unwrap());
 }
 
 both!(credentials_unique_per_user_provider);
