@@ -18,6 +18,7 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .route("/api/vms", get(list_vms).post(create_vm))
         .route("/api/vms/{id}", get(get_vm).delete(delete_vm))
         .route("/api/vms/{id}/console", get(console))
+        .route("/api/vms/{id}/vmm-log", get(vmm_log))
         .route("/api/auth/start", axum::routing::post(auth_start))
         .route("/api/auth/session/{id}", get(auth_session))
         .route("/api/vm/auth/{id}", axum::routing::delete(auth_cancel))
@@ -254,14 +255,19 @@ async fn console(State(s): State<AppState>, Path(id): Path<String>) -> Result<Re
             .map_err(|e| ApiError::internal(format!("reading {}: {e}", path.display())))?
     };
     match read {
-        Ok(bytes) => Ok((
-            [(
-                axum::http::header::CONTENT_TYPE,
-                "text/plain; charset=utf-8",
-            )],
-            String::from_utf8_lossy(&bytes).into_owned(),
-        )
-            .into_response()),
+        Ok(bytes) if bytes.iter().all(u8::is_ascii_whitespace) => {
+            // The guest printed nothing: what the VMM itself said is the
+            // only lead.
+            let vmm = vmm_log_text(&s, &rec).await?;
+            let body = match vmm {
+                Some((name, text)) => format!(
+                    "[polydev: the guest printed nothing on its console; the VMM's own log ({name}) follows]\n{text}"
+                ),
+                None => String::new(),
+            };
+            Ok(text_response(body))
+        }
+        Ok(bytes) => Ok(text_response(String::from_utf8_lossy(&bytes).into_owned())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(ApiError::not_found(format!(
             "VM {id} has no console log ({})",
             if rec.status == polydev_core::vm::VmStatus::Destroyed {
@@ -273,6 +279,47 @@ async fn console(State(s): State<AppState>, Path(id): Path<String>) -> Result<Re
         Err(e) => Err(ApiError::internal(format!(
             "reading {}: {e}",
             path.display()
+        ))),
+    }
+}
+
+fn text_response(body: String) -> Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
+}
+
+/// The VMM's own log of a VM (its first file that exists), capped like the
+/// console.
+async fn vmm_log_text(
+    s: &AppState,
+    rec: &VmRecord,
+) -> Result<Option<(&'static str, String)>, ApiError> {
+    let dir = std::path::PathBuf::from(&rec.dir);
+    let limits = s.runtime.config().console;
+    tokio::task::spawn_blocking(move || {
+        polydev_vmm::diagnose::LOG_FILES.iter().find_map(|f| {
+            let bytes = polydev_vmm::console::read_capped(&dir.join(f), limits).ok()?;
+            Some((*f, String::from_utf8_lossy(&bytes).into_owned()))
+        })
+    })
+    .await
+    .map_err(ApiError::internal)
+}
+
+/// `GET /api/vms/:id/vmm-log`: the VMM's own log (Firecracker's log file or
+/// the VMM's stderr), capped like the console.
+async fn vmm_log(State(s): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let rec = find(&s, &id).await?;
+    match vmm_log_text(&s, &rec).await? {
+        Some((_, text)) => Ok(text_response(text)),
+        None => Err(ApiError::not_found(format!(
+            "VM {id} has no VMM log (not started yet, or destroyed)"
         ))),
     }
 }

@@ -798,7 +798,8 @@ impl Runtime {
     }
 
     /// Describes how a VMM ended: its exit status when it was our child, and
-    /// the last line it logged (QEMU's stderr, Firecracker's log).
+    /// the root cause its own log names (the first error, in words; see
+    /// [`polydev_vmm::diagnose`]).
     fn exit_text(&self, vm_id: &str, dir: &Path, pid: u32) -> String {
         let status = self
             .procs
@@ -810,8 +811,8 @@ impl Runtime {
             Some(s) => format!("pid {pid}, {s}"),
             None => format!("pid {pid} is gone"),
         };
-        if let Some(line) = vmm_log_tail(dir) {
-            text.push_str(&format!(": {line}"));
+        if let Some(cause) = polydev_vmm::diagnose::explain(dir) {
+            text.push_str(&format!(": {cause}"));
         }
         text
     }
@@ -1329,18 +1330,6 @@ mod cleanup_tests {
         assert_eq!(s(9), 300);
         assert_eq!(s(i64::MAX), 300);
     }
-}
-
-/// The last non-empty line of the VMM's own logs, if any.
-fn vmm_log_tail(dir: &Path) -> Option<String> {
-    ["firecracker.log", polydev_vmm::VMM_LOG_FILE]
-        .iter()
-        .find_map(|f| {
-            let (text, _) = console::read_tail(&dir.join(f), 64 << 10).ok()?;
-            let text = String::from_utf8_lossy(&text);
-            let line = text.lines().map(str::trim).rev().find(|l| !l.is_empty())?;
-            Some(line.chars().take(300).collect())
-        })
 }
 
 /// How much of the console's end is read for the panic of a VM whose VMM

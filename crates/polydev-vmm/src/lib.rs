@@ -20,6 +20,7 @@ pub mod accel;
 pub mod bench;
 pub mod choice;
 pub mod console;
+pub mod diagnose;
 pub mod firecracker;
 pub mod process;
 pub mod qemu;
