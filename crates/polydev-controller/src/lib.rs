@@ -103,9 +103,47 @@ pub async fn build_runtime(cfg: Config) -> anyhow::Result<Arc<runtime::Runtime>>
     let vmm_choice =
         polydev_vmm::choice::choose_vmm(cfg.vmm, polydev_vmm::firecracker::find_binary(), &choice);
     tracing::info!(vmm = %vmm_choice.kind, reason = %vmm_choice.reason, accel = choice.accel.as_str(), accel_reason = %choice.reason, "VMM chosen");
+    // Firecracker runs only under its jailer (chroot, its own uid/gid and
+    // cgroup); without one, a choice made for us falls back to QEMU.
+    let jailer = vmm_choice
+        .firecracker
+        .as_deref()
+        .and_then(polydev_vmm::firecracker::jailer::find_binary);
+    let mut vmm_choice = vmm_choice;
+    if vmm_choice.kind == polydev_vmm::VmmKind::Firecracker
+        && vmm_choice.firecracker.is_some()
+        && jailer.is_none()
+    {
+        if cfg.vmm == Some(polydev_vmm::VmmKind::Firecracker) {
+            anyhow::bail!("the Firecracker VMM was forced but its jailer was not found (POLYDEV_JAILER, a `jailer` beside the firecracker binary, or PATH): Firecracker runs only jailed");
+        }
+        vmm_choice.kind = polydev_vmm::VmmKind::Qemu;
+        vmm_choice.reason = format!(
+            "{}; but no jailer was found beside it (POLYDEV_JAILER), and Firecracker runs only jailed: QEMU",
+            vmm_choice.reason
+        );
+    }
     let driver: Arc<dyn polydev_vmm::Vmm> = match (vmm_choice.kind, &vmm_choice.firecracker) {
         (polydev_vmm::VmmKind::Firecracker, Some(bin)) => {
-            Arc::new(polydev_vmm::firecracker::Firecracker::new(bin.clone()))
+            let mut fc = polydev_vmm::firecracker::Firecracker::new(bin.clone());
+            let id = |var: &str| -> anyhow::Result<u32> {
+                match std::env::var(var).ok().filter(|v| !v.is_empty()) {
+                    None => Ok(65534),
+                    Some(v) => v
+                        .parse()
+                        .map_err(|_| anyhow::anyhow!("{var}: {v:?} is not a numeric id")),
+                }
+            };
+            fc.jailer = Some(polydev_vmm::firecracker::jailer::JailerConfig {
+                binary: jailer.clone().expect("checked above"),
+                uid: id("POLYDEV_JAILER_UID")?,
+                gid: id("POLYDEV_JAILER_GID")?,
+                chroot_base: None,
+                parent_cgroup: None,
+                cgroup_version: polydev_vmm::firecracker::jailer::JailerConfig::host_cgroup_version(
+                ),
+            });
+            Arc::new(fc)
         }
         (polydev_vmm::VmmKind::Firecracker, None) => {
             anyhow::bail!("the Firecracker VMM was forced but {}", vmm_choice.reason)

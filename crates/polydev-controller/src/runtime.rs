@@ -412,8 +412,13 @@ impl Runtime {
                 Ok(()) => {
                     let vmm = self.vmm.clone();
                     tokio::task::spawn_blocking(move || {
-                        vmm.start(&spec)
-                            .map_err(|e| format!("starting the VMM: {e}"))
+                        vmm.start(&spec).map_err(|e| {
+                            // What the VMM itself said is the root cause.
+                            match polydev_vmm::diagnose::explain(&spec.dir) {
+                                Some(cause) => format!("starting the VMM: {cause} ({e})"),
+                                None => format!("starting the VMM: {e}"),
+                            }
+                        })
                     })
                     .await
                     .unwrap_or_else(|e| Err(format!("VM start task failed: {e}")))

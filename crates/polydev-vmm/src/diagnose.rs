@@ -69,6 +69,10 @@ const KNOWN: &[(&str, &str)] = &[
         "No such file or directory",
         "a file the VMM needs is missing",
     ),
+    (
+        "Failed to exec into Firecracker",
+        "the jailer could not start Firecracker in its chroot (a dynamically linked build, or a missing binary: the jailer needs a static Firecracker)",
+    ),
     ("Bad system call", "the VMM's seccomp filter stopped a system call"),
     ("seccomp", "the VMM's seccomp filter stopped it"),
     ("Could not open", "the VMM could not open one of its files"),

@@ -27,8 +27,12 @@ impl VmmProcess {
     }
 }
 
+/// The whole environment a VMM starts with.
+pub const VMM_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
 /// Spawns `cmd` in its own session inside network namespace `netns`, with
-/// stdout and stderr appended to `log`. A thread reaps the child and records
+/// a cleared environment (only [`VMM_PATH`]), stdout and stderr appended to
+/// `log`. A thread reaps the child and records
 /// its exit status, so a dead VMM never lingers as a zombie.
 pub fn spawn_in_netns(
     cmd: Command,
@@ -75,7 +79,11 @@ pub fn spawn_in_netns_split(
         open_append(stderr_log, "VMM log")?
     };
     let binary = cmd.get_program().to_string_lossy().into_owned();
-    cmd.stdin(std::process::Stdio::null())
+    // A VMM sees none of the controller's environment (the vault's master
+    // key, the TURN secret, the database URL): only a PATH.
+    cmd.env_clear()
+        .env("PATH", VMM_PATH)
+        .stdin(std::process::Stdio::null())
         .stdout(out)
         .stderr(err);
     // SAFETY: the closure runs in the forked child before exec and only makes

@@ -38,6 +38,10 @@ const CONSOLE_CHARDEV: &str = "serial0";
 /// How long to wait for QEMU's QMP socket after starting it.
 const QMP_WAIT: Duration = Duration::from_secs(20);
 
+/// The `-sandbox` argument every QEMU VM starts with.
+pub const SANDBOX: &str =
+    "on,obsolete=deny,elevateprivileges=deny,spawn=allow,resourcecontrol=deny";
+
 /// The QEMU driver.
 #[derive(Debug, Clone)]
 pub struct Qemu {
@@ -126,6 +130,11 @@ impl Qemu {
             format!("chardev:{CONSOLE_CHARDEV}"),
             "-qmp".into(),
             format!("unix:{},server=on,wait=off", d(&spec.dir.join(QMP_SOCKET))),
+            // QEMU's seccomp filter: no obsolete system calls, no set*uid,
+            // no scheduler or affinity changes. Spawning stays allowed: a
+            // snapshot is migrated through `exec:cat`.
+            "-sandbox".into(),
+            SANDBOX.into(),
         ]);
         a.shrink_to_fit();
         a

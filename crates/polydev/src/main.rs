@@ -49,6 +49,10 @@ enum Command {
     Doctor(cmd::common::Common),
     /// Measure VM create-to-ready times (prints figures, asserts nothing).
     Bench(cmd::bench::Args),
+    /// Crash a controller of its own at random moments of its work and
+    /// check it leaks nothing (processes, namespaces, links, firewall
+    /// elements, files, slots) and re-adopts every live VM.
+    Soak(cmd::soak::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -74,6 +78,7 @@ fn main() -> std::process::ExitCode {
             Command::Vault { command } => cmd::vault::run(command).await,
             Command::Doctor(c) => cmd::doctor::run(c).await,
             Command::Bench(a) => cmd::bench::run(a).await,
+            Command::Soak(a) => cmd::soak::run(a).await,
         }
     });
     match result {

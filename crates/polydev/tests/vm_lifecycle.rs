@@ -44,6 +44,24 @@ fn vm_boots_agent_answers_and_destroy_leaves_nothing() {
     assert!(v["kernelBootMs"].as_i64().unwrap() > 0, "{v}");
     assert!(v["agentReadyMs"].as_i64().is_some(), "{v}");
 
+    // The VMM is confined: its seccomp filter is on and it sees none of the
+    // controller's environment.
+    let pid = v["vmmPid"].as_i64().unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("Seccomp:") && l.ends_with('2')),
+        "QEMU runs without its seccomp filter:\n{status}"
+    );
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    let environ = String::from_utf8_lossy(&environ);
+    assert!(
+        !environ.contains("POLYDEV_"),
+        "the VMM inherited the controller's environment: {environ}"
+    );
+    assert!(environ.contains("PATH="), "{environ}");
+
     // The console was captured from the first byte and holds the readiness line.
     let (st, console) = c.call("GET", &format!("/api/vms/{id}/console"), None);
     assert_eq!(st, 200);

@@ -22,6 +22,29 @@ pub struct Client {
     timeout: Duration,
 }
 
+/// Connects to a Unix socket at any path length: a jailed VMM's socket lies
+/// deep under its chroot, past the 108 bytes `sun_path` holds, so a long
+/// path is reached through its directory's descriptor
+/// (`/proc/self/fd/<dir>/<name>`).
+pub fn connect(path: &Path) -> std::io::Result<UnixStream> {
+    use std::os::unix::ffi::OsStrExt;
+    if path.as_os_str().as_bytes().len() < 100 {
+        return UnixStream::connect(path);
+    }
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return UnixStream::connect(path);
+    };
+    use std::os::unix::fs::OpenOptionsExt;
+    let d = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+        .open(dir)?;
+    let short = Path::new("/proc/self/fd")
+        .join(std::os::fd::AsRawFd::as_raw_fd(&d).to_string())
+        .join(name);
+    UnixStream::connect(short)
+}
+
 impl Client {
     /// A client for the socket at `socket`; each request may take `timeout`.
     pub fn new(socket: &Path, timeout: Duration) -> Client {
@@ -42,7 +65,7 @@ impl Client {
     pub fn wait_ready(&self, wait: Duration, alive: &dyn Fn() -> bool) -> Result<()> {
         let start = Instant::now();
         loop {
-            match UnixStream::connect(&self.socket) {
+            match connect(&self.socket) {
                 Ok(_) => return Ok(()),
                 Err(e) if start.elapsed() >= wait || !alive() => {
                     return Err(VmmError::Control {
@@ -67,8 +90,7 @@ impl Client {
             path: self.socket.clone(),
             detail: format!("{request}: {detail}"),
         };
-        let mut s =
-            UnixStream::connect(&self.socket).map_err(|e| ctl(format!("connecting: {e}")))?;
+        let mut s = connect(&self.socket).map_err(|e| ctl(format!("connecting: {e}")))?;
         s.set_read_timeout(Some(self.timeout))
             .and_then(|_| s.set_write_timeout(Some(self.timeout)))
             .map_err(|e| ctl(format!("setting timeouts: {e}")))?;
@@ -261,6 +283,28 @@ pub fn snapshot_load(
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn connects_to_a_socket_past_the_sun_path_limit() {
+        let d = tempfile::tempdir().unwrap();
+        let deep = d.path().join("a".repeat(60)).join("b".repeat(60));
+        std::fs::create_dir_all(&deep).unwrap();
+        let sock = deep.join("firecracker.sock");
+        assert!(sock.as_os_str().len() > 110);
+        let l = std::os::unix::net::UnixListener::bind(
+            Path::new("/proc/self/fd")
+                .join(
+                    std::os::fd::AsRawFd::as_raw_fd(&std::fs::File::open(&deep).unwrap())
+                        .to_string(),
+                )
+                .join("firecracker.sock"),
+        );
+        // Binding through /proc/self/fd is a test convenience; the VMM binds
+        // its own short path inside its chroot.
+        let _l = l.unwrap();
+        assert!(UnixStream::connect(&sock).is_err(), "too long for sun_path");
+        connect(&sock).unwrap();
+    }
     use super::*;
     use std::collections::BTreeSet;
     use std::io::Read;

@@ -23,6 +23,24 @@ pub struct JailerConfig {
     pub chroot_base: Option<PathBuf>,
     /// Parent cgroup (`--parent-cgroup`), e.g. `polydev`.
     pub parent_cgroup: Option<String>,
+    /// The host's cgroup version ([`JailerConfig::host_cgroup_version`]).
+    pub cgroup_version: u8,
+}
+
+/// The `jailer` beside `firecracker`: `POLYDEV_JAILER`, else a `jailer` in
+/// the same directory, else on PATH.
+pub fn find_binary(firecracker: &Path) -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("POLYDEV_JAILER").filter(|p| !p.is_empty()) {
+        let p = PathBuf::from(p);
+        return p.is_file().then_some(p);
+    }
+    let beside = firecracker.with_file_name("jailer");
+    if beside.is_file() {
+        return Some(beside);
+    }
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|d| d.join("jailer"))
+        .find(|p| p.is_file())
 }
 
 /// Extra memory (MiB) the VMM process may use beyond the guest's memory.
@@ -65,16 +83,30 @@ impl JailerConfig {
         self.jail_dir(spec, firecracker).join("root")
     }
 
-    /// cgroup v2 limits for `spec`: its vCPUs' worth of CPU time and its
-    /// memory plus [`MEMORY_OVERHEAD_MB`].
-    pub fn cgroup_limits(spec: &VmSpec) -> Vec<String> {
-        vec![
-            format!("cpu.max={} 100000", u64::from(spec.vcpus.max(1)) * 100_000),
-            format!(
-                "memory.max={}",
-                (u64::from(spec.memory_mb) + MEMORY_OVERHEAD_MB) * 1024 * 1024
-            ),
-        ]
+    /// cgroup limits for `spec` in the host's cgroup version: its vCPUs'
+    /// worth of CPU time and its memory plus [`MEMORY_OVERHEAD_MB`].
+    pub fn cgroup_limits(spec: &VmSpec, version: u8) -> Vec<String> {
+        let cpu = u64::from(spec.vcpus.max(1)) * 100_000;
+        let mem = (u64::from(spec.memory_mb) + MEMORY_OVERHEAD_MB) * 1024 * 1024;
+        if version == 2 {
+            vec![format!("cpu.max={cpu} 100000"), format!("memory.max={mem}")]
+        } else {
+            vec![
+                "cpu.cfs_period_us=100000".into(),
+                format!("cpu.cfs_quota_us={cpu}"),
+                format!("memory.limit_in_bytes={mem}"),
+            ]
+        }
+    }
+
+    /// The host's cgroup version: 2 when /sys/fs/cgroup is the unified
+    /// hierarchy, 1 otherwise (per-controller mounts, maybe a hybrid).
+    pub fn host_cgroup_version() -> u8 {
+        if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+            2
+        } else {
+            1
+        }
     }
 
     /// The jailer's arguments, then `--`, then Firecracker's own.
@@ -93,13 +125,13 @@ impl JailerConfig {
             "--netns".into(),
             polydev_net::netns::path(&spec.netns).display().to_string(),
             "--cgroup-version".into(),
-            "2".into(),
+            self.cgroup_version.to_string(),
         ];
         if let Some(parent) = &self.parent_cgroup {
             a.push("--parent-cgroup".into());
             a.push(parent.clone());
         }
-        for c in Self::cgroup_limits(spec) {
+        for c in Self::cgroup_limits(spec, self.cgroup_version) {
             a.push("--cgroup".into());
             a.push(c);
         }
@@ -208,6 +240,7 @@ mod tests {
             gid: 456,
             chroot_base: None,
             parent_cgroup: Some("polydev".into()),
+            cgroup_version: 2,
         };
         let fc = Path::new("/usr/bin/firecracker");
         let a = cfg
@@ -223,6 +256,15 @@ mod tests {
         assert_eq!(
             cfg.staged(&spec(), fc, Path::new("/k/vmlinux")),
             Path::new("/var/lib/polydev/vms/vm_01HX/jail/firecracker/vm-01HX/root/k/vmlinux")
+        );
+        let v1 = JailerConfig {
+            cgroup_version: 1,
+            ..cfg
+        };
+        let a = v1.args(&spec(), fc, &[]).join(" ");
+        assert!(
+            a.contains("--cgroup-version 1 --parent-cgroup polydev --cgroup cpu.cfs_period_us=100000 --cgroup cpu.cfs_quota_us=200000 --cgroup memory.limit_in_bytes=671088640"),
+            "{a}"
         );
     }
 
@@ -241,6 +283,7 @@ mod tests {
             gid: nix::unistd::getegid().as_raw(),
             chroot_base: None,
             parent_cgroup: Some("polydev-test-nonexistent".into()),
+            cgroup_version: 2,
         };
         let fc = Path::new("/usr/bin/firecracker");
         let staged = cfg.stage_file(&s, fc, &disk, true).unwrap();

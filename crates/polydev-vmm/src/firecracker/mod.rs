@@ -532,6 +532,7 @@ mod tests {
             gid: 1000,
             chroot_base: Some("/srv/jailer".into()),
             parent_cgroup: None,
+            cgroup_version: 2,
         });
         assert_eq!(
             fc.socket_path(&spec()),

@@ -9,5 +9,6 @@ pub mod common;
 pub mod doctor;
 pub mod image;
 pub mod serve;
+pub mod soak;
 pub mod vault;
 pub mod vm;
