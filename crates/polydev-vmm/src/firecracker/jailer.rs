@@ -150,8 +150,39 @@ impl JailerConfig {
     pub fn stage_dir(&self, spec: &VmSpec, firecracker: &Path, dir: &Path) -> Result<PathBuf> {
         let dst = self.staged(spec, firecracker, dir);
         std::fs::create_dir_all(&dst).map_err(|e| file_err("jail directory", &dst, e))?;
+        self.traversable(spec, firecracker, &dst)?;
         chown(&dst, self.uid, self.gid)?;
         Ok(dst)
+    }
+
+    /// Lets the VMM's user pass through every directory between the jail's
+    /// root and `path` (made private by the controller's umask): search
+    /// only, nothing listed or written.
+    fn traversable(&self, spec: &VmSpec, firecracker: &Path, path: &Path) -> Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        let root = self.root(spec, firecracker);
+        let mut d = path.parent();
+        while let Some(dir) = d {
+            if !dir.starts_with(&root) {
+                break;
+            }
+            let mode = std::fs::metadata(dir)
+                .map_err(|e| file_err("jail directory", dir, e))?
+                .permissions()
+                .mode();
+            if mode & 0o001 == 0 {
+                std::fs::set_permissions(
+                    dir,
+                    std::fs::Permissions::from_mode((mode & 0o7777) | 0o011),
+                )
+                .map_err(|e| file_err("jail directory", dir, e))?;
+            }
+            if dir == root {
+                break;
+            }
+            d = dir.parent();
+        }
+        Ok(())
     }
 
     /// Hard-links the host file `path` to the same path in the jail; a
@@ -168,6 +199,7 @@ impl JailerConfig {
         if let Some(parent) = dst.parent() {
             std::fs::create_dir_all(parent).map_err(|e| file_err("jail directory", parent, e))?;
         }
+        self.traversable(spec, firecracker, &dst)?;
         let _ = std::fs::remove_file(&dst);
         if let Err(e) = std::fs::hard_link(path, &dst) {
             if writable || e.raw_os_error() != Some(libc::EXDEV) {

@@ -247,6 +247,19 @@ impl Firecracker {
                 for (f, writable) in files {
                     j.stage_file(spec, &self.binary, f, *writable)?;
                 }
+                // Firecracker's log is one file seen from both sides: the
+                // VM directory keeps it (diagnosis, the console endpoint)
+                // when the jail is gone.
+                let log = spec.dir.join(LOG_FILE);
+                if log.exists() {
+                    let _ = std::fs::rename(&log, log.with_extension("log.prev"));
+                }
+                std::fs::write(&log, b"").map_err(|e| VmmError::File {
+                    what: "Firecracker log",
+                    path: log.clone(),
+                    source: e,
+                })?;
+                j.stage_file(spec, &self.binary, &log, true)?;
                 let mut c = Command::new(&j.binary);
                 c.args(j.args(spec, &self.binary, &fc_args));
                 c
