@@ -121,6 +121,10 @@ impl VmSpec {
             // VMs have no IPv6 path out (egress is IPv4): without a stack
             // the guest never tries one.
             "ipv6.disable=1".into(),
+            // Under emulation on a loaded host the IO-APIC timer check can
+            // miss its window and panic the kernel ("IO-APIC + timer doesn't
+            // work!"); a VM's timer is known good.
+            "no_timer_check".into(),
         ];
         parts.extend(self.extra_kernel_args.iter().cloned());
         parts.join(" ")
