@@ -553,4 +553,162 @@ mod tests {
         assert!(matches!(e, AgentError::Timeout(..)), "{e}");
         assert!(started.elapsed() < Duration::from_secs(3));
     }
+
+    // Properties over arbitrary answers (see `crate::fuzz`).
+
+    use proptest::collection::vec;
+    use proptest::prelude::*;
+    use std::collections::VecDeque;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    /// A body giving its frames one by one (an `Err` is a broken
+    /// connection), announcing `declared` bytes as its exact length if set.
+    struct Frames {
+        frames: VecDeque<Result<Vec<u8>, String>>,
+        declared: Option<u64>,
+    }
+
+    impl Body for Frames {
+        type Data = Bytes;
+        type Error = String;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, String>>> {
+            let next = self.frames.pop_front();
+            Poll::Ready(next.map(|f| f.map(|d| hyper::body::Frame::data(Bytes::from(d)))))
+        }
+
+        fn size_hint(&self) -> hyper::body::SizeHint {
+            self.declared
+                .map(hyper::body::SizeHint::with_exact)
+                .unwrap_or_default()
+        }
+    }
+
+    fn frames() -> impl Strategy<Value = Vec<Result<Vec<u8>, String>>> {
+        let frame = prop_oneof![
+            8 => vec(any::<u8>(), 0..200).prop_map(Ok),
+            1 => Just(Err("connection reset".to_string())),
+        ];
+        vec(frame, 0..8)
+    }
+
+    /// The bytes of `frames` before the first broken one, and whether one broke.
+    fn delivered(frames: &[Result<Vec<u8>, String>]) -> (Vec<u8>, bool) {
+        let mut out = Vec::new();
+        for f in frames {
+            match f {
+                Ok(d) => out.extend_from_slice(d),
+                Err(_) => return (out, true),
+            }
+        }
+        (out, false)
+    }
+
+    /// An answer as a hostile agent might write it: anything, or an HTTP
+    /// head with a status, framing headers that may lie, and a body.
+    fn raw_answer() -> impl Strategy<Value = Vec<u8>> {
+        let header = prop_oneof![
+            (0u64..2000).prop_map(|n| format!("content-length: {n}\r\n")),
+            Just("transfer-encoding: chunked\r\n".to_string()),
+            Just("content-length: 99999999999999999999\r\n".to_string()),
+            "[a-z-]{1,12}: [ -~]{0,20}\r\n",
+        ];
+        let body = prop_oneof![
+            vec(any::<u8>(), 0..300),
+            Just(br#"{"ok":true}"#.to_vec()),
+            "[0-9a-f]{1,3}\r\n[ -~]{0,40}\r\n0\r\n\r\n".prop_map(String::into_bytes),
+        ];
+        prop_oneof![
+            vec(any::<u8>(), 0..300),
+            (100u16..600, vec(header, 0..3), body).prop_map(|(status, headers, body)| {
+                let head = format!("HTTP/1.1 {status} X\r\n{}\r\n", headers.concat());
+                let mut a = head.into_bytes();
+                a.extend(body);
+                a
+            }),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(crate::fuzz::config(2048))]
+
+        /// An answer is read whole when it fits in the limit; one beyond
+        /// it (or announcing more) is refused; a broken one is an error.
+        #[test]
+        fn answers_are_read_within_the_limit(
+            fs in frames(),
+            max in 0usize..1000,
+            declared in proptest::option::of(0u64..2000),
+        ) {
+            let (bytes, broke) = delivered(&fs);
+            let body = Frames { frames: fs.into_iter().collect(), declared };
+            let got = ready(read_limited(body, "/x", max));
+            match got {
+                Ok(b) => {
+                    prop_assert!(!broke && b.len() <= max && declared.unwrap_or(0) <= max as u64);
+                    prop_assert_eq!(b, bytes);
+                }
+                Err(AgentError::TooLarge { limit, .. }) => {
+                    prop_assert_eq!(limit, max);
+                    prop_assert!(bytes.len() > max || declared.is_some_and(|d| d > max as u64));
+                }
+                Err(AgentError::Http(..)) => prop_assert!(broke && bytes.len() <= max),
+                Err(e) => prop_assert!(false, "unexpected {e}"),
+            }
+        }
+
+        /// An error answer is quoted by its first bytes only.
+        #[test]
+        fn error_bodies_are_quoted_by_their_start(fs in frames(), max in 0usize..600) {
+            let (bytes, _) = delivered(&fs);
+            let body = Frames { frames: fs.into_iter().collect(), declared: None };
+            let quoted = ready(read_prefix(body, max));
+            let want = String::from_utf8_lossy(&bytes[..bytes.len().min(max)]).into_owned();
+            prop_assert_eq!(quoted, want);
+        }
+    }
+
+    /// Runs a future that never waits (the bodies above are ready at once).
+    fn ready<F: Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("a runtime")
+            .block_on(f)
+    }
+
+    /// Any bytes from a hostile agent that then closes: the exchange ends
+    /// at once with a JSON answer, a refusal at the limit or another error;
+    /// never a panic, never a wait for the deadline.
+    #[test]
+    fn any_answer_ends_the_exchange() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        let mut config = crate::fuzz::config(256);
+        // A runner made by hand knows no source file to keep failures beside.
+        config.failure_persistence = None;
+        let mut runner = proptest::test_runner::TestRunner::new(config);
+        runner
+            .run(&(raw_answer(), 0usize..400), |(answer, max)| {
+                let got = rt.block_on(async {
+                    let (addr, _) = hostile(move |mut s, _| async move {
+                        let _ = s.write_all(&answer).await;
+                    })
+                    .await;
+                    ask(addr, max, Duration::from_secs(20)).await
+                });
+                match got {
+                    Err(AgentError::Timeout(..)) => prop_assert!(false, "waited for the deadline"),
+                    Err(AgentError::TooLarge { limit, .. }) => prop_assert_eq!(limit, max),
+                    Ok(_) | Err(_) => {}
+                }
+                Ok(())
+            })
+            .unwrap();
+    }
 }

@@ -16,6 +16,8 @@ pub mod config;
 pub mod credentials;
 pub mod egress;
 pub mod error;
+#[cfg(test)]
+mod fuzz;
 pub mod live;
 pub mod pool;
 pub mod private;

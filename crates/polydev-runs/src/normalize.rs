@@ -20,6 +20,10 @@
 use polydev_core::auth::Provider;
 use serde_json::{json, Value};
 
+/// The longest answer kept from a CLI's text deltas (Gemini's); text past
+/// it still comes out as events.
+pub const MAX_ANSWER_BYTES: usize = 1 << 20;
+
 /// Kinds of normalized events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -140,6 +144,16 @@ fn text_of(v: &Value) -> String {
     }
 }
 
+/// The longest start of `s` of at most `max` bytes that ends on a
+/// character boundary.
+fn prefix_within(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
 fn u(v: &Value, k: &str) -> u64 {
     v.get(k).and_then(|x| x.as_u64()).unwrap_or(0)
 }
@@ -233,8 +247,8 @@ impl Normalizer {
                 let usage = &raw["usage"];
                 let totals = Usage {
                     input_tokens: u(usage, "input_tokens")
-                        + u(usage, "cache_creation_input_tokens")
-                        + u(usage, "cache_read_input_tokens"),
+                        .saturating_add(u(usage, "cache_creation_input_tokens"))
+                        .saturating_add(u(usage, "cache_read_input_tokens")),
                     output_tokens: u(usage, "output_tokens"),
                     cost_usd: raw["total_cost_usd"].as_f64(),
                 };
@@ -356,7 +370,8 @@ impl Normalizer {
             }
             "message" if raw["role"] == "assistant" => {
                 let text = text_of(&raw["content"]);
-                self.gemini_text.push_str(&text);
+                let room = MAX_ANSWER_BYTES.saturating_sub(self.gemini_text.len());
+                self.gemini_text.push_str(prefix_within(&text, room));
                 self.answer = Some(self.gemini_text.clone());
                 vec![ev(Kind::Text, json!({"text": text}), raw)]
             }
@@ -611,5 +626,296 @@ mod tests {
             "Gemini's figures are per run"
         );
         assert_eq!(s.conversation_id.as_deref(), Some("g-1"));
+    }
+
+    // Properties over arbitrary CLI output. Each runs a bounded number of
+    // cases under `cargo test`, `POLYDEV_FUZZ_CASES=N` when set, from a fixed
+    // seed unless `PROPTEST_RNG_SEED` names another.
+
+    use proptest::collection::{btree_map, vec};
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, RngSeed};
+
+    fn config(default: u32) -> Config {
+        let cases = match std::env::var("POLYDEV_FUZZ_CASES") {
+            Ok(v) if !v.trim().is_empty() => v
+                .trim()
+                .parse()
+                .unwrap_or_else(|_| panic!("POLYDEV_FUZZ_CASES={v:?} is not a whole number")),
+            _ => default,
+        };
+        let mut c = Config::with_cases(cases);
+        if c.rng_seed == RngSeed::Random {
+            c.rng_seed = RngSeed::Fixed(0x0070_6f6c_7964_6576);
+        }
+        c
+    }
+
+    fn any_json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            any::<f64>().prop_map(Value::from),
+            ".{0,12}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(2, 8, 3, |inner| {
+            prop_oneof![
+                vec(inner.clone(), 0..3).prop_map(Value::from),
+                btree_map("[a-z_]{1,8}", inner, 0..3)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// An object with the keys `keys` (each perhaps missing) and values of
+    /// `value` or anything.
+    fn object(
+        keys: &[&'static str],
+        value: impl Strategy<Value = Value> + Clone + 'static,
+    ) -> BoxedStrategy<Value> {
+        let fields: Vec<_> = keys
+            .iter()
+            .map(|&k| {
+                proptest::option::weighted(0.7, prop_oneof![4 => value.clone(), 1 => any_json()])
+                    .prop_map(move |v| v.map(|v| (k.to_string(), v)))
+            })
+            .collect();
+        fields
+            .prop_map(|f| Value::Object(f.into_iter().flatten().collect()))
+            .boxed()
+    }
+
+    /// A line shaped like one of the three CLIs' events, with any field
+    /// missing or of another type and counts up to `u64::MAX`.
+    fn cli_object() -> impl Strategy<Value = Value> {
+        let word = |w: Vec<&'static str>| prop::sample::select(w).prop_map(Value::from);
+        let count = prop_oneof![(0u64..1000), Just(u64::MAX), any::<u64>()].prop_map(Value::from);
+        let text = ".{0,16}".prop_map(Value::from);
+        let usage = object(
+            &[
+                "input_tokens",
+                "cache_creation_input_tokens",
+                "cache_read_input_tokens",
+                "output_tokens",
+            ],
+            count,
+        );
+        let block = (
+            word(vec!["text", "tool_use", "tool_result"]),
+            object(
+                &[
+                    "text",
+                    "id",
+                    "name",
+                    "input",
+                    "tool_use_id",
+                    "content",
+                    "is_error",
+                ],
+                text.clone(),
+            ),
+        )
+            .prop_map(|(t, mut b)| {
+                b["type"] = t;
+                b
+            });
+        let content = prop_oneof![vec(block, 0..3).prop_map(Value::from), text.clone()];
+        let item = (
+            word(vec![
+                "agent_message",
+                "command_execution",
+                "error",
+                "reasoning",
+            ]),
+            object(
+                &[
+                    "id",
+                    "text",
+                    "command",
+                    "aggregated_output",
+                    "exit_code",
+                    "message",
+                ],
+                text.clone(),
+            ),
+        )
+            .prop_map(|(t, mut i)| {
+                i["type"] = t;
+                i
+            });
+        let kind = word(vec![
+            "system",
+            "assistant",
+            "user",
+            "result",
+            "thread.started",
+            "turn.started",
+            "item.started",
+            "item.updated",
+            "item.completed",
+            "turn.completed",
+            "turn.failed",
+            "error",
+            "init",
+            "message",
+            "tool_use",
+            "tool_result",
+        ]);
+        (
+            kind,
+            object(
+                &[
+                    "session_id",
+                    "thread_id",
+                    "subtype",
+                    "model",
+                    "result",
+                    "message",
+                    "tool_id",
+                    "tool_name",
+                ],
+                text.clone(),
+            ),
+            object(
+                &["role", "status"],
+                word(vec!["assistant", "user", "success", "error"]),
+            ),
+            proptest::option::of(usage.clone()),
+            proptest::option::of(usage),
+            proptest::option::of(content.clone()),
+            proptest::option::of(content),
+            proptest::option::of(item),
+            proptest::option::of(any::<f64>()),
+            proptest::option::of(any::<bool>()),
+        )
+            .prop_map(
+                |(kind, mut o, words, usage, stats, message, content, item, cost, is_error)| {
+                    o["type"] = kind;
+                    for (k, v) in words.as_object().into_iter().flatten() {
+                        o[k] = v.clone();
+                    }
+                    let put = |o: &mut Value, k: &str, v: Option<Value>| {
+                        if let Some(v) = v {
+                            o[k] = v;
+                        }
+                    };
+                    put(&mut o, "usage", usage);
+                    put(&mut o, "stats", stats);
+                    put(&mut o, "content", content);
+                    put(&mut o, "item", item);
+                    put(&mut o, "total_cost_usd", cost.map(Value::from));
+                    put(&mut o, "is_error", is_error.map(Value::from));
+                    if let Some(m) = message {
+                        o["message"] = json!({"content": m});
+                    }
+                    o
+                },
+            )
+    }
+
+    fn provider() -> impl Strategy<Value = Provider> {
+        prop::sample::select(vec![
+            Provider::ClaudeCode,
+            Provider::Codex,
+            Provider::GeminiCli,
+        ])
+    }
+
+    fn usage() -> impl Strategy<Value = Usage> {
+        (
+            any::<u64>(),
+            any::<u64>(),
+            proptest::option::of(any::<f64>()),
+        )
+            .prop_map(|(i, o, c)| Usage {
+                input_tokens: i,
+                output_tokens: o,
+                cost_usd: c,
+            })
+    }
+
+    /// The normalizer's state holds no more than one line's worth in each
+    /// field, the answer no more than [`MAX_ANSWER_BYTES`].
+    fn check_bounded(n: &Normalizer, longest: usize) -> Result<(), TestCaseError> {
+        let within = |s: &Option<String>| s.as_ref().map_or(0, String::len) <= longest.max(64);
+        prop_assert!(within(&n.conversation_id) && within(&n.error));
+        prop_assert!(n.gemini_text.len() <= MAX_ANSWER_BYTES);
+        prop_assert!(n.answer.as_ref().map_or(0, String::len) <= longest.max(MAX_ANSWER_BYTES));
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(config(2048))]
+
+        /// Any lines from any CLI: no panic, at most one event per byte,
+        /// bounded state, a summary for any earlier totals.
+        #[test]
+        fn any_output_is_normalized_within_bounds(
+            p in provider(),
+            lines in vec(prop_oneof![
+                4 => cli_object().prop_map(|v| v.to_string()),
+                1 => any::<String>(),
+            ], 0..8),
+            before in proptest::option::of(usage()),
+        ) {
+            let mut n = Normalizer::new(p);
+            let mut longest = 0;
+            for l in &lines {
+                longest = longest.max(l.len());
+                let evs = n.line(l);
+                prop_assert!(evs.len() <= l.len().max(1));
+                check_bounded(&n, longest)?;
+                // Claude's input total is the sum of its parts: never less
+                // than one of them.
+                let v: Value = serde_json::from_str(l).unwrap_or_default();
+                if p == Provider::ClaudeCode && v.is_object() && v["type"] == "result" {
+                    let total = n.totals.map_or(0, |t| t.input_tokens);
+                    let parts =
+                        ["input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens"];
+                    for k in parts {
+                        prop_assert!(total >= u(&v["usage"], k), "{} > the total {}", k, total);
+                    }
+                }
+            }
+            // The state comes back from its JSON (a cost perhaps a last
+            // digit off: JSON floats are read back to the nearest few ulps).
+            let s = n.summary(before);
+            let state = serde_json::to_string(&n).unwrap();
+            let back: Normalizer = serde_json::from_str(&state).unwrap();
+            let b = back.summary(before);
+            let cost = |s: &Summary| s.usage.and_then(|u| u.cost_usd);
+            let close = match (cost(&s), cost(&b)) {
+                (Some(x), Some(y)) => x == y || (x - y).abs() <= x.abs().max(y.abs()) * 1e-12,
+                (x, y) => x.is_none() && y.is_none(),
+            };
+            prop_assert!(close, "cost {:?} came back as {:?}", cost(&s), cost(&b));
+            let tokens = |s: &Summary| s.usage.map(|u| (u.input_tokens, u.output_tokens));
+            prop_assert_eq!(tokens(&b), tokens(&s));
+            prop_assert_eq!(
+                (&b.conversation_id, &b.answer, b.is_error, &b.error),
+                (&s.conversation_id, &s.answer, s.is_error, &s.error)
+            );
+        }
+    }
+
+    #[test]
+    fn a_long_gemini_answer_is_kept_to_its_first_bytes() {
+        let mut n = Normalizer::new(Provider::GeminiCli);
+        let text = "é".repeat(100_000);
+        let delta = json!({"type": "message", "role": "assistant", "content": text, "delta": true})
+            .to_string();
+        for _ in 0..12 {
+            assert_eq!(
+                kinds(&n.line(&delta)),
+                ["text"],
+                "every delta is still an event"
+            );
+        }
+        let answer = n.summary(None).answer.unwrap();
+        assert!(answer.len() <= MAX_ANSWER_BYTES && answer.len() > MAX_ANSWER_BYTES - 4);
+        assert!(answer.chars().all(|c| c == 'é'));
+        assert!(serde_json::to_string(&n).unwrap().len() < 3 * MAX_ANSWER_BYTES);
     }
 }

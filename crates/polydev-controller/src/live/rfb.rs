@@ -408,4 +408,157 @@ pub(crate) mod tests {
         assert_eq!(out, want);
         assert!(f.feed(&fb_request(), &mut out).is_err());
     }
+
+    // Properties over arbitrary client streams (see `crate::fuzz`).
+
+    use proptest::prelude::*;
+
+    /// One well-formed client message of any kind, with whether it passes.
+    fn message() -> impl Strategy<Value = (Vec<u8>, Action)> {
+        let bytes = |n: std::ops::Range<usize>| proptest::collection::vec(any::<u8>(), n);
+        prop_oneof![
+            bytes(16..17).prop_map(|p| ([vec![0, 0, 0, 0], p].concat(), Action::Pass)),
+            proptest::collection::vec(any::<i32>(), 0..8)
+                .prop_map(|e| (set_encodings(&e), Action::Pass)),
+            bytes(9..10).prop_map(|b| ([vec![3], b].concat(), Action::Pass)),
+            bytes(7..8).prop_map(|b| ([vec![4], b].concat(), Action::Drop)),
+            bytes(5..6).prop_map(|b| ([vec![5], b].concat(), Action::Drop)),
+            (bytes(0..300), any::<bool>()).prop_map(|(t, x)| (cut_text(&t, x), Action::Drop)),
+            bytes(9..10).prop_map(|b| ([vec![150], b].concat(), Action::Pass)),
+            bytes(0..256).prop_map(|p| (fence(&p), Action::Pass)),
+            bytes(3..4).prop_map(|b| ([vec![250], b].concat(), Action::Drop)),
+            (0u8..4).prop_map(|n| (desktop_size(n), Action::Drop)),
+            bytes(10..11).prop_map(|b| ([vec![255, 0], b].concat(), Action::Drop)),
+        ]
+    }
+
+    /// A handshake (no authentication, or VNC authentication with its
+    /// 16-byte response) and what of it reaches the server.
+    fn handshake() -> impl Strategy<Value = (Vec<u8>, Vec<u8>)> {
+        let version = prop_oneof![Just(&b"RFB 003.008\n"[..]), Just(&b"RFB 003.007\n"[..])];
+        let auth = prop_oneof![
+            Just(vec![1u8]),
+            proptest::collection::vec(any::<u8>(), 16).prop_map(|r| [vec![2u8], r].concat()),
+        ];
+        (version, auth, any::<u8>()).prop_map(|(v, a, shared)| {
+            let sent = [v, &a[..], &[shared][..]].concat();
+            let passed = [v, &a[..], &[1][..]].concat();
+            (sent, passed)
+        })
+    }
+
+    /// Client bytes: anything at all, or a handshake followed by messages and
+    /// then anything.
+    fn client_bytes() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..64),
+            (
+                handshake(),
+                proptest::collection::vec(message(), 0..8),
+                proptest::collection::vec(any::<u8>(), 0..48),
+            )
+                .prop_map(|((h, _), ms, tail)| {
+                    let mut b = h;
+                    ms.into_iter().for_each(|(m, _)| b.extend(m));
+                    b.extend(tail);
+                    b
+                }),
+        ]
+    }
+
+    /// Feeds `input` cut into pieces of the given sizes (repeated), stopping
+    /// at the first error: what reached the server, the error, the drops.
+    fn feed_in_pieces(input: &[u8], sizes: &[usize]) -> (Vec<u8>, Option<RfbError>, u64) {
+        let mut f = ReadOnlyFilter::new();
+        let mut out = Vec::new();
+        let (mut at, mut i) = (0, 0);
+        while at < input.len() {
+            let n = sizes[i % sizes.len()].min(input.len() - at);
+            if let Err(e) = f.feed(&input[at..at + n], &mut out) {
+                return (out, Some(e), f.dropped());
+            }
+            at += n;
+            i += 1;
+        }
+        (out, None, f.dropped())
+    }
+
+    /// Length of the handshake at the start of what reached the server, or
+    /// `None` when the handshake is not complete there.
+    fn handshake_len(out: &[u8]) -> Option<usize> {
+        let n = match out.get(12)? {
+            2 => 12 + 1 + 16 + 1,
+            _ => 12 + 1 + 1,
+        };
+        (out.len() >= n).then_some(n)
+    }
+
+    proptest! {
+        #![proptest_config(crate::fuzz::config(4096))]
+
+        /// Well-formed streams: exactly the passing messages reach the
+        /// server, with the shared flag forced on, however the stream is cut.
+        #[test]
+        fn only_passing_messages_reach_the_server(
+            (sent, mut want) in handshake(),
+            msgs in proptest::collection::vec(message(), 0..12),
+            sizes in proptest::collection::vec(1usize..40, 1..6),
+        ) {
+            let mut sent = sent;
+            let mut drops = 0;
+            for (m, action) in &msgs {
+                sent.extend(m);
+                match action {
+                    Action::Pass => want.extend(m),
+                    Action::Drop => drops += 1,
+                }
+            }
+            let (out, err, dropped) = feed_in_pieces(&sent, &sizes);
+            prop_assert_eq!(err, None);
+            prop_assert_eq!(out, want);
+            prop_assert_eq!(dropped, drops);
+        }
+
+        /// Any bytes: no panic, and the same bytes reach the server, the
+        /// same error ends it and the same messages are dropped whether
+        /// the stream comes whole or cut anywhere.
+        #[test]
+        fn any_stream_gives_the_same_outcome_however_it_is_cut(
+            input in client_bytes(),
+            sizes in proptest::collection::vec(1usize..24, 1..6),
+        ) {
+            let whole = feed_in_pieces(&input, &[input.len().max(1)]);
+            let bytewise = feed_in_pieces(&input, &[1]);
+            let cut = feed_in_pieces(&input, &sizes);
+            prop_assert_eq!(&cut, &whole);
+            prop_assert_eq!(&bytewise, &whole);
+        }
+
+        /// Whatever the client sends, what reaches the server after the
+        /// handshake frames into passing messages only (the last one may be
+        /// unfinished): never a key, pointer, clipboard, resize, xvp or
+        /// QEMU key event.
+        #[test]
+        fn no_input_event_reaches_the_server(
+            input in client_bytes(),
+            sizes in proptest::collection::vec(1usize..24, 1..6),
+        ) {
+            let (out, _, _) = feed_in_pieces(&input, &sizes);
+            let Some(start) = handshake_len(&out) else {
+                return Ok(());
+            };
+            prop_assert_eq!(out[start - 1], 1, "the shared flag is forced on");
+            let mut rest = &out[start..];
+            while !rest.is_empty() {
+                match client_message(rest) {
+                    Ok(Some(frame)) => {
+                        prop_assert_eq!(frame.action, Action::Pass, "type {} passed", rest[0]);
+                        rest = &rest[frame.len.min(rest.len())..];
+                    }
+                    Ok(None) => break,
+                    Err(e) => prop_assert!(false, "{e} reached the server"),
+                }
+            }
+        }
+    }
 }

@@ -8,7 +8,8 @@ use std::net::SocketAddr;
 
 /// The candidate `cand` (`candidate:...` or `a=candidate:...`) with its
 /// address `from` replaced by `to`; `None` for a candidate of another
-/// address or transport.
+/// address or transport, or one naming `from`'s address in another field
+/// too (its foundation, a related address).
 pub fn rewrite_candidate(cand: &str, from: SocketAddr, to: SocketAddr) -> Option<String> {
     let mut f: Vec<&str> = cand.split_ascii_whitespace().collect();
     // foundation component transport priority address port "typ" type ...
@@ -21,6 +22,13 @@ pub fn rewrite_candidate(cand: &str, from: SocketAddr, to: SocketAddr) -> Option
     let addr: std::net::IpAddr = f[4].parse().ok()?;
     let port: u16 = f[5].parse().ok()?;
     if addr != from.ip() || port != from.port() {
+        return None;
+    }
+    let from_ip = from.ip().to_string();
+    if f.iter()
+        .enumerate()
+        .any(|(i, x)| i != 4 && x.contains(&from_ip))
+    {
         return None;
     }
     let ip = to.ip().to_string();
@@ -154,10 +162,10 @@ pub fn check_offer(sdp: &str) -> Result<(), String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn guest() -> SocketAddr {
+    pub(crate) fn guest() -> SocketAddr {
         "169.254.0.22:7071".parse().unwrap()
     }
     fn relay() -> SocketAddr {
@@ -198,6 +206,8 @@ a=end-of-candidates\r\nm=application 7071 UDP/DTLS/SCTP webrtc-datachannel\r\nc=
             "candidate:3 1 tcp 1 169.254.0.22 7071 typ host tcptype passive",
             "candidate:bad",
             "",
+            "candidate:169.254.0.22 1 udp 1 169.254.0.22 7071 typ host",
+            "candidate:1 1 udp 1 169.254.0.22 7071 typ host raddr 169.254.0.22 rport 7071",
         ] {
             assert_eq!(rewrite_candidate(other, guest(), relay()), None, "{other}");
         }
@@ -258,5 +268,205 @@ a=end-of-candidates\r\nm=application 7071 UDP/DTLS/SCTP webrtc-datachannel\r\nc=
         assert!(check_offer("v=0\r\n").is_err());
         assert!(check_offer("v=0\r\nm=video\u{0}").is_err());
         assert!(check_offer(&format!("v=0\r\nm=x\r\n{}", "a".repeat(40_000))).is_err());
+    }
+
+    // Properties over arbitrary and candidate-like text (see `crate::fuzz`).
+
+    use proptest::collection::vec;
+    use proptest::prelude::*;
+
+    /// A field of a candidate line: mostly what real ones hold, sometimes
+    /// anything.
+    fn token() -> impl Strategy<Value = String> {
+        prop_oneof![
+            prop::sample::select(vec![
+                "169.254.0.22",
+                "7071",
+                "udp",
+                "UDP",
+                "tcp",
+                "typ",
+                "host",
+                "srflx",
+                "raddr",
+                "rport",
+                "generation",
+                "0",
+                "10.0.2.15",
+                "::1",
+                "::ffff:169.254.0.22",
+                "candidate:1",
+                "candidate:169.254.0.22",
+                "169.254.0.22:7071",
+            ])
+            .prop_map(str::to_string),
+            any::<u16>().prop_map(|n| n.to_string()),
+            any::<std::net::IpAddr>().prop_map(|a| a.to_string()),
+            "[!-~]{1,12}",
+            any::<String>(),
+        ]
+    }
+
+    /// Candidate-like lines: the streamer's own host candidate with each
+    /// field sometimes replaced, extensions after it, any ASCII whitespace
+    /// between the fields.
+    pub(crate) fn candidate_line(prefix: &'static str) -> impl Strategy<Value = String> {
+        let field = |real: &'static str| prop_oneof![3 => Just(real.to_string()), 1 => token()];
+        let sep = prop::sample::select(vec![" ", "  ", "\t", " \t"]);
+        (
+            (field("1"), field("1"), field("udp"), field("2130706175")),
+            (
+                field("169.254.0.22"),
+                field("7071"),
+                field("typ"),
+                field("host"),
+            ),
+            vec(token(), 0..4),
+            vec(sep, 11),
+        )
+            .prop_map(move |((a, b, c, d), (e, f, g, h), extra, seps)| {
+                let mut line = format!("{prefix}{a}");
+                for (field, sep) in [b, c, d, e, f, g, h].into_iter().chain(extra).zip(seps) {
+                    line.push_str(sep);
+                    line.push_str(&field);
+                }
+                line
+            })
+    }
+
+    /// Where a rewritten answer may send the viewer: any address but the
+    /// guest's (written without the guest's address in it).
+    pub(crate) fn relay_addr() -> impl Strategy<Value = SocketAddr> {
+        prop_oneof![Just(relay()), any::<SocketAddr>()]
+            .prop_filter("the relay is not the guest", |a| {
+                !a.ip().to_string().contains(&guest().ip().to_string())
+            })
+    }
+
+    /// A candidate that came out of [`rewrite_candidate`]: it parses as a UDP
+    /// candidate naming `to`, and no field names the guest's address.
+    pub(crate) fn check_rewritten(c: &str, to: SocketAddr) -> Result<(), TestCaseError> {
+        let f: Vec<&str> = c.split_ascii_whitespace().collect();
+        prop_assert!(
+            f.len() >= 8 && f[0].contains("candidate:") && f[6] == "typ",
+            "{c}"
+        );
+        prop_assert!(f[2].eq_ignore_ascii_case("udp"), "{c}");
+        prop_assert_eq!(
+            f[4].parse::<std::net::IpAddr>().ok(),
+            Some(to.ip()),
+            "{}",
+            c
+        );
+        prop_assert_eq!(f[5].parse::<u16>().ok(), Some(to.port()), "{}", c);
+        prop_assert_eq!(f.join(" "), c, "one space between fields");
+        let guest_ip = guest().ip().to_string();
+        for (i, x) in f.iter().enumerate() {
+            prop_assert!(
+                i == 4 || !x.contains(&guest_ip),
+                "field {} names the guest: {}",
+                i,
+                c
+            );
+        }
+        Ok(())
+    }
+
+    /// A rewritten answer: CRLF lines, no empty line, and every candidate
+    /// line rewritten to `to` by [`rewrite_candidate`].
+    pub(crate) fn check_rewritten_answer(sdp: &str, to: SocketAddr) -> Result<(), TestCaseError> {
+        prop_assert!(sdp.is_empty() || sdp.ends_with("\r\n"), "{sdp:?}");
+        prop_assert!(!sdp.replace("\r\n", "").contains('\n'), "{sdp:?}");
+        for line in sdp.split_terminator("\r\n") {
+            prop_assert!(!line.is_empty(), "{sdp:?}");
+            if line.starts_with("a=candidate:") {
+                check_rewritten(line, to)?;
+            }
+            prop_assert!(line != format!("c=IN IP4 {}", guest().ip()), "{sdp:?}");
+        }
+        Ok(())
+    }
+
+    /// SDP-like text: lines an answer holds, candidate lines and anything,
+    /// ended by CRLF or LF.
+    pub(crate) fn answer_text() -> impl Strategy<Value = String> {
+        let line = prop_oneof![
+            candidate_line("a=candidate:"),
+            prop::sample::select(vec![
+                "v=0",
+                "c=IN IP4 169.254.0.22",
+                "c=IN IP6 169.254.0.22",
+                "m=video 7071 UDP/TLS/RTP/SAVPF 96",
+                "m=",
+                "a=rtcp:7071 IN IP4 169.254.0.22",
+                "a=rtcp:7071",
+                "a=ice-ufrag:gUeS",
+                "a=ice-ufrag:",
+                "a=end-of-candidates",
+                "",
+            ])
+            .prop_map(str::to_string),
+            any::<String>(),
+        ];
+        (vec(line, 0..12), prop::sample::select(vec!["\r\n", "\n"]))
+            .prop_map(|(lines, eol)| lines.join(eol))
+    }
+
+    proptest! {
+        #![proptest_config(crate::fuzz::config(2048))]
+
+        /// Any text as a candidate: no panic; a rewritten one parses back,
+        /// names the relay and not the guest.
+        #[test]
+        fn rewritten_candidates_name_only_the_relay(
+            cand in prop_oneof![
+                candidate_line("candidate:"),
+                candidate_line("a=candidate:"),
+                any::<String>(),
+            ],
+            to in relay_addr(),
+        ) {
+            if let Some(c) = rewrite_candidate(&cand, guest(), to) {
+                check_rewritten(&c, to)?;
+            }
+        }
+
+        /// Any text as an answer: no panic, and the rewritten one keeps only
+        /// candidates naming the relay, never more than it was given.
+        #[test]
+        fn rewritten_answers_name_only_the_relay(sdp in answer_text(), to in relay_addr()) {
+            let out = rewrite_answer(&sdp, guest(), to);
+            check_rewritten_answer(&out, to)?;
+            let count = |s: &str| s.lines().filter(|l| l.starts_with("a=candidate:")).count();
+            prop_assert!(count(&out) <= count(&sdp));
+            let _ = ice_ufrag(&sdp);
+        }
+
+        /// Any text through the answer and offer checks: no panic, and what
+        /// they accept is within their bounds.
+        #[test]
+        fn checks_hold_what_they_promise(
+            sdp in prop_oneof![
+                answer_text(),
+                answer_text().prop_map(|s| format!("v=0\r\n{s}")),
+                any::<String>(),
+            ],
+        ) {
+            let printable = |s: &str| {
+                !s.chars().any(|c| c.is_control() && !matches!(c, '\r' | '\n' | '\t'))
+            };
+            if check_answer(&sdp).is_ok() {
+                prop_assert!(sdp.len() <= MAX_ANSWER_BYTES && printable(&sdp));
+                prop_assert!(sdp.trim_start().starts_with("v=0"));
+                let cands: Vec<&str> =
+                    sdp.lines().filter(|l| l.starts_with("a=candidate:")).collect();
+                prop_assert!(cands.len() <= MAX_ANSWER_CANDIDATES);
+                prop_assert!(cands.iter().all(|c| c.len() <= MAX_CANDIDATE_BYTES));
+            }
+            if check_offer(&sdp).is_ok() {
+                prop_assert!(sdp.len() <= 32 * 1024 && printable(&sdp));
+                prop_assert!(sdp.trim_start().starts_with("v=0") && sdp.contains("m="));
+            }
+        }
     }
 }

@@ -675,6 +675,79 @@ mod tests {
         assert!(viewer_candidate(&json!({"candidate": "candidate:\n"})).is_err());
         assert!(viewer_candidate(&json!({})).is_err());
     }
+
+    // Properties over arbitrary agent replies (see `crate::fuzz`).
+
+    use crate::fuzz::any_json;
+    use crate::live::sdp::tests::{
+        answer_text, candidate_line, check_rewritten, check_rewritten_answer, relay_addr,
+    };
+    use proptest::prelude::*;
+
+    /// A reply of the agent to an offer: mostly shaped like a real one.
+    fn agent_reply() -> impl Strategy<Value = Value> {
+        let field = |real: BoxedStrategy<Value>| prop_oneof![3 => real, 1 => any_json()];
+        let answer = prop_oneof![
+            answer_text().prop_map(|s| json!(format!("v=0\r\n{s}"))),
+            answer_text().prop_map(|s| json!({"sdp": format!("v=0\r\n{s}")})),
+        ];
+        let candidate = (
+            field(candidate_line("candidate:").prop_map(Value::from).boxed()),
+            field(".{0,70}".prop_map(Value::from).boxed()),
+            field(any::<u64>().prop_map(Value::from).boxed()),
+        )
+            .prop_map(|(c, m, i)| json!({"candidate": c, "sdpMid": m, "sdpMLineIndex": i}));
+        let candidates = proptest::collection::vec(candidate, 0..20).prop_map(Value::from);
+        prop_oneof![
+            (field(answer.boxed()), field(candidates.boxed()))
+                .prop_map(|(a, c)| json!({"answer": a, "candidates": c})),
+            any_json(),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(crate::fuzz::config(2048))]
+
+        /// Any reply to an offer: no panic; an accepted answer names only
+        /// the relay, with at most 16 candidates beside it, each rewritten
+        /// and with only the known fields.
+        #[test]
+        fn accepted_answers_name_only_the_relay(reply in agent_reply(), public in relay_addr()) {
+            let Ok(a) = guest_answer(&reply, guest_stream_addr(), public) else {
+                return Ok(());
+            };
+            check_rewritten_answer(&a.sdp, public)?;
+            prop_assert!(a.candidates.len() <= crate::live::sdp::MAX_ANSWER_CANDIDATES);
+            for c in &a.candidates {
+                let o = c.as_object().expect("a candidate is an object");
+                let known = ["candidate", "sdpMid", "sdpMLineIndex"];
+                prop_assert!(o.keys().all(|k| known.contains(&k.as_str())), "{c}");
+                check_rewritten(o["candidate"].as_str().expect("a string"), public)?;
+                if let Some(m) = o.get("sdpMid") {
+                    prop_assert!(m.as_str().is_some_and(|m| m.len() <= 64) || m.is_u64(), "{c}");
+                }
+            }
+        }
+
+        /// Any JSON as an offer or a viewer candidate: no panic, and what is
+        /// accepted passed the offer check or is at most 1024 printable
+        /// characters.
+        #[test]
+        fn viewer_input_is_checked(v in prop_oneof![
+            any_json(),
+            answer_text().prop_map(|s| json!({"type": "offer", "sdp": format!("v=0\r\n{s}")})),
+            candidate_line("candidate:").prop_map(|c| json!({"candidate": c, "sdpMid": "0"})),
+        ]) {
+            if let Ok(sdp) = offer_sdp(&v) {
+                prop_assert!(crate::live::sdp::check_offer(&sdp).is_ok());
+            }
+            if let Ok(c) = viewer_candidate(&v) {
+                let text = c["candidate"].as_str().expect("a string");
+                prop_assert!(text.len() <= 1024 && !text.chars().any(char::is_control));
+                prop_assert!(c["sdpMid"].as_str().unwrap_or_default().len() <= 64);
+            }
+        }
+    }
 }
 
 /// Hands the viewer's ICE candidates to the guest's agent, one by one; a

@@ -134,7 +134,9 @@ impl TokenKey {
         let claims: Claims = serde_json::from_slice(&raw)
             .map_err(|_| TokenError::Malformed("payload is not a claims object"))?;
         if now_ms >= claims.expires_at {
-            return Err(TokenError::Expired((now_ms - claims.expires_at) / 1000));
+            return Err(TokenError::Expired(
+                now_ms.saturating_sub(claims.expires_at) / 1000,
+            ));
         }
         Ok(claims)
     }
@@ -154,7 +156,7 @@ impl Claims {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn claims(exp: i64) -> Claims {
@@ -184,6 +186,11 @@ mod tests {
         let t = k.mint(&claims(10_000));
         assert_eq!(k.verify(&t, 10_000), Err(TokenError::Expired(0)));
         assert_eq!(k.verify(&t, 75_000), Err(TokenError::Expired(65)));
+        let ancient = k.mint(&claims(i64::MIN));
+        assert_eq!(
+            k.verify(&ancient, i64::MAX),
+            Err(TokenError::Expired(i64::MAX / 1000))
+        );
         assert!(TokenError::Expired(1).is_unauthenticated());
         assert!(!TokenError::OtherSession.is_unauthenticated());
     }
@@ -247,5 +254,91 @@ mod tests {
             k.verify(&format!("{PREFIX}{p}.{tag}"), 0),
             Err(TokenError::Malformed("payload is not a claims object"))
         );
+    }
+
+    // Properties over arbitrary tokens (see `crate::fuzz`).
+
+    use proptest::prelude::*;
+
+    fn any_claims() -> impl Strategy<Value = Claims> {
+        (
+            any::<String>(),
+            any::<String>(),
+            any::<i64>(),
+            any::<bool>(),
+        )
+            .prop_map(|(user_id, session_id, expires_at, read_only)| Claims {
+                user_id,
+                session_id,
+                expires_at,
+                read_only,
+            })
+    }
+
+    /// Token-like text: anything, or a prefix, base64url parts and a dot in
+    /// any arrangement.
+    pub(crate) fn token_text(prefix: &'static str) -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<String>(),
+            (
+                prop::sample::select(vec![prefix, "pdv_", "pdt_", "pdk_", ""]),
+                "[A-Za-z0-9_-]{0,80}",
+                prop::sample::select(vec![".", "", ".."]),
+                "[A-Za-z0-9_=-]{0,50}",
+            )
+                .prop_map(|(p, a, dot, b)| format!("{p}{a}{dot}{b}")),
+            (any_claims(), proptest::collection::vec(any::<u8>(), 32)).prop_map(move |(c, tag)| {
+                let payload = B64.encode(serde_json::to_vec(&c).unwrap());
+                format!("{prefix}{payload}.{}", B64.encode(tag))
+            }),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(crate::fuzz::config(4096))]
+
+        /// Text that was not minted never verifies, whatever the time.
+        #[test]
+        fn made_up_tokens_never_verify(t in token_text(PREFIX), now in any::<i64>()) {
+            let k = TokenKey::from_bytes([7; 32]);
+            prop_assert!(k.verify(&t, now).is_err());
+        }
+
+        /// Minted claims come back as they were before their expiry, and
+        /// are refused as expired from it on.
+        #[test]
+        fn minted_claims_round_trip(c in any_claims(), now in any::<i64>()) {
+            let k = TokenKey::from_bytes([7; 32]);
+            let t = k.mint(&c);
+            if now < c.expires_at {
+                prop_assert_eq!(k.verify(&t, now), Ok(c));
+            } else {
+                let refused = k.verify(&t, now);
+                let expired = matches!(refused, Err(TokenError::Expired(s)) if s >= 0);
+                prop_assert!(expired, "{refused:?}");
+            }
+        }
+
+        /// A minted token with any one byte changed never verifies: it is
+        /// malformed or its signature fails.
+        #[test]
+        fn one_changed_byte_never_verifies(
+            c in any_claims(),
+            at in any::<prop::sample::Index>(),
+            to in any::<u8>(),
+        ) {
+            let k = TokenKey::from_bytes([7; 32]);
+            let mut t = k.mint(&c).into_bytes();
+            let i = at.index(t.len());
+            prop_assume!(t[i] != to);
+            t[i] = to;
+            if let Ok(t) = String::from_utf8(t) {
+                let refused = k.verify(&t, i64::MIN);
+                prop_assert!(
+                    matches!(refused, Err(TokenError::Malformed(_) | TokenError::BadSignature)),
+                    "{t}: {refused:?}"
+                );
+            }
+        }
     }
 }

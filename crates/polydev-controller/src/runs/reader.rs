@@ -153,7 +153,7 @@ impl Reader {
             }
             _ => {}
         }
-        self.cp.read_upto = self.cp.read_upto.max(seq + 1);
+        self.cp.read_upto = self.cp.read_upto.max(seq.saturating_add(1));
         step
     }
 
@@ -283,5 +283,159 @@ mod tests {
         let big = "x".repeat(MAX_LINE_BYTES + 10);
         let s = r.feed(&out(0, &big));
         assert_eq!(s.events.len(), 1, "cut and passed on as a status line");
+    }
+
+    #[test]
+    fn the_last_event_number_is_read_without_overflow() {
+        let mut r = Reader::new(Normalizer::new(Provider::GeminiCli));
+        r.feed(&json!({"seq": u64::MAX, "type": "stderr", "data": ""}));
+        assert_eq!(r.checkpoint().read_upto, u64::MAX);
+    }
+
+    // Properties over arbitrary agent events (see `crate::fuzz`).
+
+    use crate::fuzz::any_json;
+    use base64::engine::general_purpose::STANDARD as B64;
+    use proptest::collection::vec;
+    use proptest::prelude::*;
+
+    /// A line a Gemini CLI might print, or not.
+    fn cli_line() -> impl Strategy<Value = String> {
+        prop_oneof![
+            ".{0,20}".prop_map(|t| {
+                json!({"type": "message", "role": "assistant", "content": t, "delta": true})
+                    .to_string()
+            }),
+            (any::<u64>(), any::<u64>()).prop_map(|(i, o)| {
+                let stats = json!({"input_tokens": i, "output_tokens": o});
+                json!({"type": "result", "status": "success", "stats": stats}).to_string()
+            }),
+            "[ -~]{0,30}",
+            Just(String::new()),
+        ]
+    }
+
+    /// Stdout bytes: lines, the last perhaps unfinished, and stray bytes.
+    fn stdout_bytes() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            (vec(cli_line(), 0..4), any::<bool>()).prop_map(|(lines, end)| {
+                let mut b = lines.join("\n").into_bytes();
+                if end {
+                    b.push(b'\n');
+                }
+                b
+            }),
+            vec(any::<u8>(), 0..64),
+        ]
+    }
+
+    /// An event as a hostile agent might send it: mostly shaped like the
+    /// agent's, with any field of any type, or any JSON at all.
+    fn agent_event() -> impl Strategy<Value = Value> {
+        let seq = prop_oneof![
+            4 => (0u64..12).prop_map(Value::from),
+            1 => prop::sample::select(vec![u64::MAX, u64::MAX - 1]).prop_map(Value::from),
+            1 => any_json(),
+        ];
+        let kind = prop_oneof![
+            4 => prop::sample::select(vec!["stdout", "stderr", "gap", "exit"])
+                .prop_map(Value::from),
+            1 => any_json(),
+        ];
+        let data = prop_oneof![
+            4 => stdout_bytes().prop_map(|b| Value::from(B64.encode(b))),
+            1 => "[A-Za-z0-9+/=]{0,12}".prop_map(Value::from),
+            1 => any_json(),
+        ];
+        prop_oneof![
+            4 => (seq, kind, data, any_json(), any_json()).prop_map(
+                |(seq, kind, data, lost, code)| {
+                    json!({"seq": seq, "type": kind, "data": data, "lost": lost, "exitCode": code})
+                }
+            ),
+            1 => any_json(),
+        ]
+    }
+
+    /// A well-formed process: its stdout cut into chunks anywhere, stderr
+    /// between them, an exit at the end, numbered from 0.
+    fn process() -> impl Strategy<Value = Vec<Value>> {
+        (
+            vec(cli_line(), 0..8),
+            vec(1usize..40, 1..5),
+            vec(proptest::option::weighted(0.2, "[ -~]{0,10}\n"), 1..5),
+        )
+            .prop_map(|(lines, sizes, errs)| {
+                let out = lines.join("\n").into_bytes();
+                let mut evs = Vec::new();
+                let (mut at, mut i) = (0, 0);
+                while at < out.len() {
+                    let n = sizes[i % sizes.len()].min(out.len() - at);
+                    evs.push(json!({"type": "stdout", "data": B64.encode(&out[at..at + n])}));
+                    if let Some(e) = &errs[i % errs.len()] {
+                        evs.push(json!({"type": "stderr", "data": B64.encode(e)}));
+                    }
+                    at += n;
+                    i += 1;
+                }
+                evs.push(json!({"type": "exit", "exitCode": 0}));
+                for (seq, e) in evs.iter_mut().enumerate() {
+                    e["seq"] = seq.into();
+                }
+                evs
+            })
+    }
+
+    fn events(steps: Vec<Step>) -> Vec<(Kind, Value)> {
+        steps.into_iter().flat_map(|s| s.events).collect()
+    }
+
+    proptest! {
+        #![proptest_config(crate::fuzz::config(2048))]
+
+        /// Any events: no panic, the reader's place only moves on, and its
+        /// state stays bounded (the unfinished line under the cut, stderr's
+        /// tail) and serializes.
+        #[test]
+        fn any_events_keep_the_reader_bounded(evs in vec(agent_event(), 0..12)) {
+            let mut r = Reader::new(Normalizer::new(Provider::GeminiCli));
+            for ev in &evs {
+                let before = r.checkpoint().read_upto;
+                r.feed(ev);
+                // Read up to past this event, never back.
+                let upto = r.checkpoint().read_upto;
+                let past = ev["seq"].as_u64().map_or(0, |s| s.saturating_add(1));
+                prop_assert!(upto >= before && upto >= past, "read_upto {} after {}", upto, ev);
+                prop_assert!(r.partial.len() < MAX_LINE_BYTES);
+                prop_assert!(r.stderr_tail().len() <= STDERR_TAIL_BYTES);
+                let cp = serde_json::to_string(r.checkpoint()).unwrap();
+                let back: Checkpoint = serde_json::from_str(&cp).unwrap();
+                prop_assert_eq!(serde_json::to_string(&back).unwrap(), cp);
+            }
+        }
+
+        /// A process read in one go, or stopped after any event before its
+        /// exit and continued from the stored checkpoint, gives the same
+        /// events and the same stderr: none lost or repeated.
+        #[test]
+        fn a_resumed_reader_loses_and_repeats_nothing(
+            evs in process(),
+            stop in any::<prop::sample::Index>(),
+        ) {
+            let mut whole = Reader::new(Normalizer::new(Provider::GeminiCli));
+            let want = events(feed_all(&mut whole, &evs));
+            if evs.len() < 2 {
+                return Ok(());
+            }
+            let stop = stop.index(evs.len() - 1);
+            let mut r = Reader::new(Normalizer::new(Provider::GeminiCli));
+            let mut got = events(feed_all(&mut r, &evs[..=stop]));
+            let cp = serde_json::to_string(r.checkpoint()).unwrap();
+            let mut r = Reader::resume(serde_json::from_str(&cp).unwrap());
+            let from = r.reconnect_from() as usize;
+            got.extend(events(feed_all(&mut r, &evs[from..])));
+            prop_assert_eq!(got, want);
+            prop_assert_eq!(r.stderr_tail(), whole.stderr_tail());
+        }
     }
 }

@@ -118,7 +118,9 @@ impl TokenKey {
         let claims: Claims = serde_json::from_slice(&raw)
             .map_err(|_| TokenError::Malformed("payload is not a claims object"))?;
         if now_ms >= claims.expires_at {
-            return Err(TokenError::Expired((now_ms - claims.expires_at) / 1000));
+            return Err(TokenError::Expired(
+                now_ms.saturating_sub(claims.expires_at) / 1000,
+            ));
         }
         if claims.user_id != user_id {
             return Err(TokenError::OtherUser);
@@ -147,6 +149,11 @@ mod tests {
         assert_eq!(k.verify(&t, "bob", 9_999), Err(TokenError::OtherUser));
         assert_eq!(k.verify(&t, "alice", 10_000), Err(TokenError::Expired(0)));
         assert_eq!(k.verify(&t, "alice", 75_000), Err(TokenError::Expired(65)));
+        let ancient = k.mint(&claims(i64::MIN));
+        assert_eq!(
+            k.verify(&ancient, "alice", i64::MAX),
+            Err(TokenError::Expired(i64::MAX / 1000))
+        );
     }
 
     #[test]
@@ -197,6 +204,89 @@ mod tests {
             match k.verify(t, "alice", 0) {
                 Err(TokenError::Malformed(m)) => assert!(m.contains(why), "{t}: {m}"),
                 other => panic!("{t}: {other:?}"),
+            }
+        }
+    }
+
+    // Properties over arbitrary tokens (see `crate::fuzz`).
+
+    use crate::live::token::tests::token_text;
+    use proptest::prelude::*;
+
+    fn any_claims() -> impl Strategy<Value = Claims> {
+        (any::<String>(), any::<i64>()).prop_map(|(user_id, expires_at)| Claims {
+            user_id,
+            expires_at,
+        })
+    }
+
+    proptest! {
+        #![proptest_config(crate::fuzz::config(4096))]
+
+        /// Text that was not minted never verifies, for any user and time;
+        /// neither does a view token made under the same key bytes.
+        #[test]
+        fn made_up_tokens_never_verify(
+            t in token_text(PREFIX),
+            user in any::<String>(),
+            now in any::<i64>(),
+        ) {
+            let k = TokenKey::from_bytes([7; 32]);
+            prop_assert!(k.verify(&t, &user, now).is_err());
+            let view = crate::live::token::TokenKey::from_bytes([7; 32]).mint(
+                &crate::live::token::Claims {
+                    user_id: user.clone(),
+                    session_id: t,
+                    expires_at: i64::MAX,
+                    read_only: false,
+                },
+            );
+            prop_assert!(k.verify(&view, &user, now).is_err());
+            let renamed = format!("{PREFIX}{}", &view[PREFIX.len()..]);
+            prop_assert!(k.verify(&renamed, &user, now).is_err());
+        }
+
+        /// Minted claims come back for their user before their expiry; they
+        /// are refused as expired from it on, and for any other user.
+        #[test]
+        fn minted_claims_round_trip(
+            c in any_claims(),
+            other in any::<String>(),
+            now in any::<i64>(),
+        ) {
+            let k = TokenKey::from_bytes([7; 32]);
+            let t = k.mint(&c);
+            if now < c.expires_at {
+                prop_assert_eq!(k.verify(&t, &c.user_id, now), Ok(c.clone()));
+                if other != c.user_id {
+                    prop_assert_eq!(k.verify(&t, &other, now), Err(TokenError::OtherUser));
+                }
+            } else {
+                let refused = k.verify(&t, &c.user_id, now);
+                let expired = matches!(refused, Err(TokenError::Expired(s)) if s >= 0);
+                prop_assert!(expired, "{refused:?}");
+            }
+        }
+
+        /// A minted token with any one byte changed never verifies: it is
+        /// malformed or its signature fails.
+        #[test]
+        fn one_changed_byte_never_verifies(
+            c in any_claims(),
+            at in any::<prop::sample::Index>(),
+            to in any::<u8>(),
+        ) {
+            let k = TokenKey::from_bytes([7; 32]);
+            let mut t = k.mint(&c).into_bytes();
+            let i = at.index(t.len());
+            prop_assume!(t[i] != to);
+            t[i] = to;
+            if let Ok(t) = String::from_utf8(t) {
+                let refused = k.verify(&t, &c.user_id, i64::MIN);
+                prop_assert!(
+                    matches!(refused, Err(TokenError::Malformed(_) | TokenError::BadSignature)),
+                    "{t}: {refused:?}"
+                );
             }
         }
     }
