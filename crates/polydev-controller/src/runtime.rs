@@ -584,10 +584,27 @@ impl Runtime {
     /// Runs as its own task: a caller that goes away (an HTTP client that
     /// disconnects) cannot cut it in half and leave a VMM unrecorded.
     pub async fn hibernate(self: &Arc<Self>, vm_id: &str) -> Result<VmRecord, RuntimeError> {
-        let (me, id) = (self.clone(), vm_id.to_string());
-        tokio::spawn(async move { me.hibernate_now(&id).await })
+        self.detached("hibernating", vm_id, |me, id| async move {
+            me.hibernate_now(&id).await
+        })
+        .await
+    }
+
+    /// Runs `op` for `vm_id` as its own task and waits for it: dropping the
+    /// caller's future does not stop it halfway.
+    async fn detached<F, Fut>(
+        self: &Arc<Self>,
+        what: &str,
+        vm_id: &str,
+        op: F,
+    ) -> Result<VmRecord, RuntimeError>
+    where
+        F: FnOnce(Arc<Self>, String) -> Fut,
+        Fut: std::future::Future<Output = Result<VmRecord, RuntimeError>> + Send + 'static,
+    {
+        tokio::spawn(op(self.clone(), vm_id.to_string()))
             .await
-            .map_err(|e| RuntimeError::Vmm(format!("hibernating {vm_id}: {e}")))?
+            .map_err(|e| RuntimeError::Vmm(format!("{what} {vm_id}: {e}")))?
     }
 
     async fn hibernate_now(&self, vm_id: &str) -> Result<VmRecord, RuntimeError> {
@@ -653,10 +670,10 @@ impl Runtime {
     /// Runs as its own task: a caller that goes away cannot stop it between
     /// starting the VMM and recording its pid.
     pub async fn resume(self: &Arc<Self>, vm_id: &str) -> Result<VmRecord, RuntimeError> {
-        let (me, id) = (self.clone(), vm_id.to_string());
-        tokio::spawn(async move { me.resume_now(&id).await })
-            .await
-            .map_err(|e| RuntimeError::Vmm(format!("resuming {vm_id}: {e}")))?
+        self.detached("resuming", vm_id, |me, id| async move {
+            me.resume_now(&id).await
+        })
+        .await
     }
 
     async fn resume_now(&self, vm_id: &str) -> Result<VmRecord, RuntimeError> {

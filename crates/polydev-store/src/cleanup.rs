@@ -124,34 +124,8 @@ impl Store {
         session_id: Option<&str>,
         cleanup_at: i64,
     ) -> Result<CleanupTask> {
-        let now = now_ms();
-        let task = CleanupTask {
-            task_id: uuid::Uuid::new_v4().to_string(),
-            vm_id: vm_id.to_string(),
-            session_id: session_id.map(str::to_string),
-            cleanup_at,
-            status: CleanupStatus::Pending,
-            attempts: 0,
-            error: None,
-            created_at: now,
-            updated_at: now,
-        };
-        sqlx::query(
-            "INSERT INTO vm_cleanup_tasks (task_id, vm_id, session_id, cleanup_at, status, \
-             attempts, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        )
-        .bind(&task.task_id)
-        .bind(&task.vm_id)
-        .bind(&task.session_id)
-        .bind(task.cleanup_at)
-        .bind(task.status.as_str())
-        .bind(task.attempts)
-        .bind(task.created_at)
-        .bind(task.updated_at)
-        .execute(&self.pool)
-        .await
-        .map_err(|e| self.query_err(format!("enqueue cleanup of VM {vm_id:?}"), e))?;
-        Ok(task)
+        self.insert_cleanup(vm_id, session_id, cleanup_at, CleanupStatus::Pending, 0)
+            .await
     }
 
     /// Journals the cleanup of `vm_id` as already claimed by the caller
@@ -162,14 +136,26 @@ impl Store {
         vm_id: &str,
         session_id: Option<&str>,
     ) -> Result<CleanupTask> {
+        self.insert_cleanup(vm_id, session_id, now_ms(), CleanupStatus::Processing, 1)
+            .await
+    }
+
+    async fn insert_cleanup(
+        &self,
+        vm_id: &str,
+        session_id: Option<&str>,
+        cleanup_at: i64,
+        status: CleanupStatus,
+        attempts: i64,
+    ) -> Result<CleanupTask> {
         let now = now_ms();
         let task = CleanupTask {
             task_id: uuid::Uuid::new_v4().to_string(),
             vm_id: vm_id.to_string(),
             session_id: session_id.map(str::to_string),
-            cleanup_at: now,
-            status: CleanupStatus::Processing,
-            attempts: 1,
+            cleanup_at,
+            status,
+            attempts,
             error: None,
             created_at: now,
             updated_at: now,
@@ -188,7 +174,7 @@ impl Store {
         .bind(task.updated_at)
         .execute(&self.pool)
         .await
-        .map_err(|e| self.query_err(format!("begin cleanup of VM {vm_id:?}"), e))?;
+        .map_err(|e| self.query_err(format!("journal the cleanup of VM {vm_id:?}"), e))?;
         Ok(task)
     }
 
