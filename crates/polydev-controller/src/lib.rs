@@ -50,6 +50,31 @@ pub struct AppState {
     pub limits: Arc<admission::RateLimiter>,
 }
 
+impl AppState {
+    /// The application over a runtime: users' CLI VMs hibernated after
+    /// `cli_idle`, prompt runs with `runs_cfg`, the connect flow with
+    /// `auth_cfg`, an empty key cache and rate counters. Starts no task.
+    pub fn new(
+        rt: Arc<runtime::Runtime>,
+        keyring: polydev_vault::Keyring,
+        auth_cfg: auth_flow::AuthFlowConfig,
+        cli_idle: std::time::Duration,
+        runs_cfg: runs::RunsConfig,
+    ) -> AppState {
+        let cli = cli_vm::CliVms::new(rt.clone(), cli_idle);
+        let runs = runs::Runs::new(rt.clone(), cli.clone(), keyring.clone(), runs_cfg);
+        let auth = auth_flow::AuthFlow::new(rt.clone(), keyring, auth_cfg, cli.clone());
+        AppState {
+            keys: auth::KeyCache::new(rt.store().clone()),
+            runtime: rt,
+            auth,
+            cli,
+            runs,
+            limits: Default::default(),
+        }
+    }
+}
+
 /// The vault keyring: from the environment (`POLYDEV_MASTER_KEY`,
 /// `POLYDEV_MASTER_KEY_FILE`), else `<data-dir>/master.key`, made (mode 0600)
 /// on first start so that the defaults work.
@@ -210,7 +235,14 @@ pub async fn serve(cfg: Config, auth_cfg: auth_flow::AuthFlowConfig) -> anyhow::
     tracing::info!(?report, "start-up reconciliation done");
     tokio::spawn(rt.clone().watch(std::time::Duration::from_secs(2)));
     tokio::spawn(rt.clone().retry_cleanups(std::time::Duration::from_secs(5)));
-    let cli = cli_vm::CliVms::new(rt.clone(), rt.config().cli_idle);
+    let state = AppState::new(
+        rt.clone(),
+        keyring.clone(),
+        auth_cfg,
+        rt.config().cli_idle,
+        rt.config().runs.clone(),
+    );
+    let (cli, runs, auth) = (&state.cli, &state.runs, &state.auth);
     tokio::spawn(cli.clone().idle_loop(std::time::Duration::from_secs(1)));
     {
         let (rt2, vault) = (rt.clone(), keyring.clone());
@@ -224,13 +256,6 @@ pub async fn serve(cfg: Config, auth_cfg: auth_flow::AuthFlowConfig) -> anyhow::
             Box::pin(async move { credentials::restore_missing(&rt, &vault, &vm).await })
         }));
     }
-    let runs = runs::Runs::new(
-        rt.clone(),
-        cli.clone(),
-        keyring.clone(),
-        rt.config().runs.clone(),
-    );
-    let auth = auth_flow::AuthFlow::new(rt.clone(), keyring, auth_cfg, cli.clone());
     let resumed = auth.recover().await?;
     tracing::info!(resumed, "sign-in sessions recovered");
     let reattached = runs.recover().await.map_err(anyhow::Error::msg)?;
@@ -241,21 +266,10 @@ pub async fn serve(cfg: Config, auth_cfg: auth_flow::AuthFlowConfig) -> anyhow::
         .map_err(|e| anyhow::anyhow!("listening on {listen}: {e}"))?;
     tracing::info!(%listen, store = %rt.store().kind(), "polydev controller listening");
     eprintln!("polydev: listening on http://{listen}");
-    let keys = auth::KeyCache::new(rt.store().clone());
-    tokio::spawn(keys.clone().refresh_loop(auth::REFRESH_EVERY));
-    axum::serve(
-        listener,
-        app(AppState {
-            runtime: rt,
-            auth,
-            cli,
-            runs,
-            keys,
-            limits: Default::default(),
-        }),
-    )
-    .with_graceful_shutdown(shutdown_signal())
-    .await?;
+    tokio::spawn(state.keys.clone().refresh_loop(auth::REFRESH_EVERY));
+    axum::serve(listener, app(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
     Ok(())
 }
 

@@ -435,27 +435,13 @@ impl Controller {
         cfg.admission.rate_per_user = u32::MAX;
         let rt = polydev_controller::build_runtime(cfg).await?;
         let keyring = polydev_controller::load_keyring(rt.config())?;
-        let cli = polydev_controller::cli_vm::CliVms::new(rt.clone(), Duration::from_secs(600));
-        let runs = polydev_controller::runs::Runs::new(
-            rt.clone(),
-            cli.clone(),
-            keyring.clone(),
-            Default::default(),
-        );
-        let auth = polydev_controller::auth_flow::AuthFlow::new(
+        let state = polydev_controller::AppState::new(
             rt.clone(),
             keyring,
             Default::default(),
-            cli.clone(),
+            Duration::from_secs(600),
+            Default::default(),
         );
-        let state = polydev_controller::AppState {
-            runtime: rt.clone(),
-            auth,
-            cli,
-            runs,
-            keys: polydev_controller::auth::KeyCache::new(rt.store().clone()),
-            limits: Arc::default(),
-        };
         let key = polydev_controller::auth::generate();
         rt.store()
             .insert_api_key(&key.key_id, "fuzz", &key.hash)

@@ -92,6 +92,7 @@ fn wrk(url: &str, key: Option<&str>, connections: u32, secs: u64) -> anyhow::Res
 
 struct Server {
     child: Child,
+    _table: super::common::HostTable,
     _dir: tempfile::TempDir,
 }
 
@@ -173,7 +174,13 @@ pub async fn run(connections: u32, secs: u64) -> anyhow::Result<()> {
         .stdout(log.try_clone()?)
         .stderr(log)
         .spawn()?;
-    let server = Server { child, _dir: dir };
+    let tag =
+        polydev_controller::config::Config::with_data_dir(dir.path().to_path_buf()).host_tag();
+    let server = Server {
+        child,
+        _table: super::common::HostTable(tag),
+        _dir: dir,
+    };
     let base = format!("http://127.0.0.1:{port}");
     let t = Instant::now();
     loop {

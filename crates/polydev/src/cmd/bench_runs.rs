@@ -116,8 +116,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 /// Runs the figures with `n` runs per case.
 pub async fn run(rt: &Arc<Runtime>, n: usize) -> anyhow::Result<()> {
-    let standin = Arc::new(ModelStandin::new());
-    let served = standin.clone();
+    let served = Arc::new(ModelStandin::new());
     let net = TestInternet::start(Some(Box::new(move || {
         Box::pin(async move {
             if let Ok(l) = tokio::net::TcpListener::bind((testnet::EXTRA_ADDR, PORT)).await {
@@ -130,6 +129,8 @@ pub async fn run(rt: &Arc<Runtime>, n: usize) -> anyhow::Result<()> {
     settings.uplink = polydev_controller::egress::Uplink::Named(net.uplink.clone());
     settings.dns_upstream = Some(testnet::DNS_ADDR.into());
     let keyring = polydev_controller::load_keyring(rt.config())?;
+    // The host table the hub installs goes with the benchmark, however it ends.
+    let _table = super::common::HostTable(rt.config().host_tag());
     let hub = polydev_controller::egress::EgressHub::start(
         &settings,
         &rt.config().host_tag(),
@@ -145,22 +146,13 @@ pub async fn run(rt: &Arc<Runtime>, n: usize) -> anyhow::Result<()> {
     )
     .map_err(anyhow::Error::msg)?;
     let providers = cfg.providers.clone();
-    let cli = polydev_controller::cli_vm::CliVms::new(rt.clone(), Duration::from_secs(86_400));
-    let runs = polydev_controller::runs::Runs::new(rt.clone(), cli.clone(), keyring.clone(), cfg);
-    let auth = polydev_controller::auth_flow::AuthFlow::new(
+    let state = polydev_controller::AppState::new(
         rt.clone(),
         keyring,
         Default::default(),
-        cli.clone(),
+        Duration::from_secs(86_400),
+        cfg,
     );
-    let state = polydev_controller::AppState {
-        runtime: rt.clone(),
-        auth,
-        cli,
-        runs,
-        keys: polydev_controller::auth::KeyCache::new(rt.store().clone()),
-        limits: Default::default(),
-    };
     let key = polydev_controller::auth::generate();
     rt.store()
         .insert_api_key(&key.key_id, "bench", &key.hash)
@@ -285,7 +277,6 @@ pub async fn run(rt: &Arc<Runtime>, n: usize) -> anyhow::Result<()> {
         a / d.max(1e-6),
         a - d
     );
-    let _ = standin.requests().len();
     polydev_controller::runtime::Runtime::destroy(rt, &vm_id)
         .await
         .ok();

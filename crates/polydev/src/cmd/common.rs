@@ -55,6 +55,21 @@ impl Common {
     }
 }
 
+/// The host's firewall table of a controller that lives only for one
+/// command (a benchmark's, the soak's): deleted when this is dropped, on
+/// success, error or panic alike. Its tag is the controller's host tag.
+pub struct HostTable(pub String);
+
+impl Drop for HostTable {
+    fn drop(&mut self) {
+        let _ = polydev_egress::nft::delete_table(
+            polydev_egress::nft::Target::Host,
+            "ip",
+            &format!("polydev_{}", self.0),
+        );
+    }
+}
+
 fn absolute(p: &std::path::Path) -> PathBuf {
     if p.is_absolute() {
         p.to_path_buf()

@@ -14,7 +14,7 @@ use super::common::Common;
 use anyhow::Context;
 use clap::Args as ClapArgs;
 use serde_json::{json, Value};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -352,6 +352,14 @@ fn soak(a: Args) -> anyhow::Result<()> {
         "POLYDEV_CACHE_DIR".into(),
         cfg.cache_dir.display().to_string(),
     ));
+    let tag =
+        polydev_controller::config::Config::with_data_dir(tmp.path().to_path_buf()).host_tag();
+    // Dropped after the controller (declared before it): whatever the soak
+    // left on the host goes, however the soak ends.
+    let _leftovers = Leftovers {
+        dir: tmp.path().to_path_buf(),
+        tag: tag.clone(),
+    };
     let mut s = Served {
         exe: std::env::current_exe()?,
         dir: tmp.path().to_path_buf(),
@@ -369,7 +377,6 @@ fn soak(a: Args) -> anyhow::Result<()> {
         String::from_utf8_lossy(&out.stderr)
     );
     s.key = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    let tag = polydev_controller::config::Config::with_data_dir(s.dir.clone()).host_tag();
     s.start()?;
     let (st, v) = s.call(
         "PUT",
@@ -519,28 +526,31 @@ fn soak(a: Args) -> anyhow::Result<()> {
         pct(50),
         pct(100)
     );
-    cleanup_host(&s.dir, &tag);
     if !all_leaks.is_empty() {
         anyhow::bail!("{} leaks:\n{}", all_leaks.len(), all_leaks.join("\n"));
     }
     Ok(())
 }
 
-/// Removes whatever a failed soak left on the host (processes, namespaces,
-/// links, the firewall table), so that a failure does not outlive the run.
-fn cleanup_host(dir: &Path, tag: &str) {
-    for pid in processes_mentioning(&format!("{}/vms/", dir.display())) {
-        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+/// Removes, when dropped, whatever a soak left on the host (processes,
+/// namespaces, links, the firewall table), so that a failure does not
+/// outlive the run.
+struct Leftovers {
+    dir: PathBuf,
+    tag: String,
+}
+
+impl Drop for Leftovers {
+    fn drop(&mut self) {
+        for pid in processes_mentioning(&format!("{}/vms/", self.dir.display())) {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        }
+        for ns in polydev_net::netns::list(&format!("pd{}-", self.tag)) {
+            let _ = polydev_net::teardown_vm_network(&ns);
+        }
+        for l in polydev_net::veth::list_host_links(&format!("pe{}-", self.tag)) {
+            let _ = polydev_net::veth::delete_host_link(&l);
+        }
+        drop(super::common::HostTable(self.tag.clone()));
     }
-    for ns in polydev_net::netns::list(&format!("pd{tag}-")) {
-        let _ = polydev_net::teardown_vm_network(&ns);
-    }
-    for l in polydev_net::veth::list_host_links(&format!("pe{tag}-")) {
-        let _ = polydev_net::veth::delete_host_link(&l);
-    }
-    let _ = polydev_egress::nft::delete_table(
-        polydev_egress::nft::Target::Host,
-        "ip",
-        &format!("polydev_{tag}"),
-    );
 }
