@@ -2,10 +2,12 @@
 # Installs everything polydev needs on a Debian 12 host and builds it:
 #   1. Debian packages (QEMU, mmdebstrap, the kernel source and its build
 #      tools, PostgreSQL for the tests, iproute2, e2fsprogs),
-#   2. the `polydev`, `polydev-agent` and `polydev-streamer` binaries (cargo,
+#   2. the system account QEMU drops to once it has opened a VM's files
+#      (`polydev-vmm`: no home, no login shell),
+#   3. the `polydev`, `polydev-agent` and `polydev-streamer` binaries (cargo,
 #      release profile),
-#   3. the guest kernel (5-15 minutes on 2 cores the first time, then cached),
-#   4. the golden images: minimal (under 2 minutes the first time), cli and
+#   4. the guest kernel (5-15 minutes on 2 cores the first time, then cached),
+#   5. the golden images: minimal (under 2 minutes the first time), cli and
 #      browser (3-5 minutes each the first time: Debian packages, Chromium and
 #      the three CLIs from the npm registry), then cached.
 # Kernel and images are cached under $POLYDEV_CACHE_DIR (default
@@ -48,6 +50,13 @@ if [ "${#missing[@]}" -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
 else
   step "Debian packages already installed"
+fi
+
+if id -u polydev-vmm >/dev/null 2>&1; then
+  step "account polydev-vmm already exists"
+else
+  step "creating the account QEMU runs as: polydev-vmm"
+  useradd --system --no-create-home --shell /usr/sbin/nologin polydev-vmm
 fi
 
 step "building polydev, polydev-agent and polydev-streamer (cargo, release)"

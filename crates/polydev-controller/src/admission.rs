@@ -268,11 +268,16 @@ pub async fn limit_changes(
     let window = Duration::from_secs(60);
     let limits = &state.limits;
     if let Some(c) = req.extensions().get::<crate::auth::Caller>() {
-        if let Err(wait) = limits.check(&format!("key:{}", c.key_id), cfg.rate_per_key, window) {
+        let who = c.label();
+        if let Err(wait) = limits.check(&format!("key:{who}"), cfg.rate_per_key, window) {
+            let who = match &c.key_id {
+                Some(k) => format!("API key {k}"),
+                None => format!("the session of {}", c.user_id.as_deref().unwrap_or("?")),
+            };
             return rate_limited(
                 format!(
-                    "API key {} made more than {} changing requests in a minute",
-                    c.key_id, cfg.rate_per_key
+                    "{who} made more than {} changing requests in a minute",
+                    cfg.rate_per_key
                 ),
                 wait,
             );

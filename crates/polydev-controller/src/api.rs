@@ -59,6 +59,10 @@ pub fn routes(state: AppState) -> Router<AppState> {
             "/api/keys/{id}",
             axum::routing::delete(crate::auth::revoke_key),
         )
+        .route(
+            "/api/admin/overview",
+            get(crate::dashboard::admin::api_overview),
+        )
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             crate::admission::limit_changes,
@@ -173,6 +177,7 @@ fn runtime_error(e: RuntimeError) -> ApiError {
 
 async fn create_vm(
     State(s): State<AppState>,
+    axum::Extension(caller): axum::Extension<crate::auth::Caller>,
     body: Result<Json<CreateVm>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(body) = body?;
@@ -187,6 +192,7 @@ async fn create_vm(
             )
         })?;
     validate_user_id(&body.user_id)?;
+    caller.act_for(&body.user_id)?;
     let rec = s
         .runtime
         .create(&body.user_id, vm_type)
@@ -201,19 +207,30 @@ async fn create_vm(
         .into_response())
 }
 
-async fn find(s: &AppState, id: &str) -> Result<VmRecord, ApiError> {
-    s.runtime
+/// The VM `id` if the caller sees it; 404 alike for another user's VM and
+/// for none.
+pub async fn find(
+    s: &AppState,
+    caller: &crate::auth::Caller,
+    id: &str,
+) -> Result<VmRecord, ApiError> {
+    let missing = || format!("no VM with id {id}");
+    let rec = s
+        .runtime
         .store()
         .get_vm(id)
         .await?
-        .ok_or_else(|| ApiError::not_found(format!("no VM with id {id}")))
+        .ok_or_else(|| ApiError::not_found(missing()))?;
+    caller.owns(&rec.user_id, missing)?;
+    Ok(rec)
 }
 
 async fn get_vm(
     State(s): State<AppState>,
+    axum::Extension(caller): axum::Extension<crate::auth::Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    Ok(Json(vm_json(&find(&s, &id).await?)))
+    Ok(Json(vm_json(&find(&s, &caller, &id).await?)))
 }
 
 #[derive(Deserialize)]
@@ -226,17 +243,15 @@ struct ListQuery {
 
 async fn list_vms(
     State(s): State<AppState>,
+    axum::Extension(caller): axum::Extension<crate::auth::Caller>,
     q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
     if let Some(u) = &q.user_id {
         validate_listed_user_id(u)?;
     }
-    let vms = s
-        .runtime
-        .store()
-        .list_vms(q.user_id.as_deref(), q.all)
-        .await?;
+    let scope = caller.list_scope(q.user_id.as_deref())?;
+    let vms = s.runtime.store().list_vms(scope.as_deref(), q.all).await?;
     Ok(Json(
         serde_json::json!({"vms": vms.iter().map(vm_json).collect::<Vec<_>>()}),
     ))
@@ -244,8 +259,12 @@ async fn list_vms(
 
 /// `GET /api/vms/:id/console`: the console log, at most its configured head
 /// and tail (the guest decides how much it writes).
-async fn console(State(s): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
-    let rec = find(&s, &id).await?;
+async fn console(
+    State(s): State<AppState>,
+    axum::Extension(caller): axum::Extension<crate::auth::Caller>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let rec = find(&s, &caller, &id).await?;
     let path = std::path::Path::new(&rec.dir).join(polydev_vmm::CONSOLE_FILE);
     let limits = s.runtime.config().console;
     let read = {
@@ -314,8 +333,12 @@ async fn vmm_log_text(
 
 /// `GET /api/vms/:id/vmm-log`: the VMM's own log (Firecracker's log file or
 /// the VMM's stderr), capped like the console.
-async fn vmm_log(State(s): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
-    let rec = find(&s, &id).await?;
+async fn vmm_log(
+    State(s): State<AppState>,
+    axum::Extension(caller): axum::Extension<crate::auth::Caller>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let rec = find(&s, &caller, &id).await?;
     match vmm_log_text(&s, &rec).await? {
         Some((_, text)) => Ok(text_response(text)),
         None => Err(ApiError::not_found(format!(
@@ -326,8 +349,10 @@ async fn vmm_log(State(s): State<AppState>, Path(id): Path<String>) -> Result<Re
 
 async fn delete_vm(
     State(s): State<AppState>,
+    axum::Extension(caller): axum::Extension<crate::auth::Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    find(&s, &caller, &id).await?;
     let rec = s.runtime.destroy(&id).await.map_err(runtime_error)?;
     Ok(Json(
         serde_json::json!({"vmId": rec.vm_id, "status": rec.status}),
@@ -336,16 +361,20 @@ async fn delete_vm(
 
 async fn hibernate(
     State(s): State<AppState>,
+    axum::Extension(caller): axum::Extension<crate::auth::Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    find(&s, &caller, &id).await?;
     let rec = s.runtime.hibernate(&id).await.map_err(runtime_error)?;
     Ok(Json(vm_json(&rec)))
 }
 
 async fn resume(
     State(s): State<AppState>,
+    axum::Extension(caller): axum::Extension<crate::auth::Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    find(&s, &caller, &id).await?;
     let rec = s.runtime.resume(&id).await.map_err(runtime_error)?;
     Ok(Json(vm_json(&rec)))
 }
@@ -387,10 +416,12 @@ fn session_json(s: &polydev_store::AuthSession) -> serde_json::Value {
 
 async fn auth_start(
     State(s): State<AppState>,
+    axum::Extension(caller): axum::Extension<crate::auth::Caller>,
     body: Result<Json<AuthStart>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(body) = body?;
     validate_user_id(&body.user_id)?;
+    caller.act_for(&body.user_id)?;
     let provider: polydev_core::auth::Provider =
         body.provider
             .parse()
@@ -426,20 +457,47 @@ async fn auth_start(
     .into_response())
 }
 
-async fn auth_session(State(s): State<AppState>, Path(id): Path<String>) -> Response {
-    match s.auth.get(&id).await {
-        Ok(sess) => Json(serde_json::json!({"success": true, "session": session_json(&sess)}))
-            .into_response(),
-        Err(e) => flow_error(e),
-    }
+/// The sign-in session `id` if the caller sees it (404 alike otherwise).
+async fn own_session(
+    s: &AppState,
+    caller: &crate::auth::Caller,
+    id: &str,
+) -> Result<polydev_store::AuthSession, ApiError> {
+    let missing = || format!("no sign-in session {id}");
+    let sess = s
+        .runtime
+        .store()
+        .get_auth_session(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(missing()))?;
+    caller.owns(&sess.user_id, missing)?;
+    Ok(sess)
 }
 
-async fn auth_cancel(State(s): State<AppState>, Path(id): Path<String>) -> Response {
-    match s.auth.cancel(&id).await {
+async fn auth_session(
+    State(s): State<AppState>,
+    axum::Extension(caller): axum::Extension<crate::auth::Caller>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    own_session(&s, &caller, &id).await?;
+    Ok(match s.auth.get(&id).await {
         Ok(sess) => Json(serde_json::json!({"success": true, "session": session_json(&sess)}))
             .into_response(),
         Err(e) => flow_error(e),
-    }
+    })
+}
+
+async fn auth_cancel(
+    State(s): State<AppState>,
+    axum::Extension(caller): axum::Extension<crate::auth::Caller>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    own_session(&s, &caller, &id).await?;
+    Ok(match s.auth.cancel(&id).await {
+        Ok(sess) => Json(serde_json::json!({"success": true, "session": session_json(&sess)}))
+            .into_response(),
+        Err(e) => flow_error(e),
+    })
 }
 
 #[derive(Deserialize)]
@@ -452,10 +510,12 @@ struct CodeBody {
 /// showed, typed into the CLI in the browser VM.
 async fn auth_code(
     State(s): State<AppState>,
+    axum::Extension(caller): axum::Extension<crate::auth::Caller>,
     Path(id): Path<String>,
     body: Result<Json<CodeBody>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(body) = body?;
+    own_session(&s, &caller, &id).await?;
     Ok(match s.auth.submit_code(&id, &body.code).await {
         Ok(()) => Json(serde_json::json!({"success": true})).into_response(),
         Err(e) => flow_error(e),

@@ -10,6 +10,15 @@ use axum::middleware::Next;
 use axum::response::Response;
 use sha2::Digest;
 
+/// A key found active: its id and the user it is bound to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedKey {
+    /// The key's id.
+    pub key_id: String,
+    /// `None` for an operator's key, else the only user it acts for.
+    pub user_id: Option<String>,
+}
+
 /// Prefix of every polydev API key.
 pub const KEY_PREFIX: &str = "pdk_";
 
@@ -68,7 +77,7 @@ pub struct KeyCache {
 }
 
 struct Known {
-    key_id: String,
+    key: VerifiedKey,
     /// When `last_used_at` was last written, ms since `started` (+1; 0: never).
     touched_ms: std::sync::atomic::AtomicU64,
 }
@@ -84,37 +93,44 @@ impl KeyCache {
         })
     }
 
-    /// The id of the key `secret`, if it is known and not revoked.
-    pub async fn verify(&self, secret: &str) -> Result<Option<String>, polydev_store::StoreError> {
+    /// The key `secret`, if it is known and not revoked.
+    pub async fn verify(
+        &self,
+        secret: &str,
+    ) -> Result<Option<VerifiedKey>, polydev_store::StoreError> {
         use std::sync::atomic::Ordering;
         let h = hash(secret);
-        if let Some(id) = self.cached(&h) {
-            return Ok(Some(id));
+        if let Some(k) = self.cached(&h) {
+            return Ok(Some(k));
         }
         let generation = self.generation.load(Ordering::SeqCst);
         let Some(found) = self.store.find_api_key_by_hash(&h).await? else {
             return Ok(None);
+        };
+        let key = VerifiedKey {
+            key_id: found.key_id.clone(),
+            user_id: found.user_id.clone(),
         };
         let mut known = self.known.write().unwrap_or_else(|e| e.into_inner());
         if self.generation.load(Ordering::SeqCst) == generation {
             known.insert(
                 h,
                 Known {
-                    key_id: found.key_id.clone(),
+                    key: key.clone(),
                     touched_ms: (self.started.elapsed().as_millis() as u64 + 1).into(),
                 },
             );
         }
         drop(known);
         self.touch(&found.key_id, None);
-        Ok(Some(found.key_id))
+        Ok(Some(key))
     }
 
-    fn cached(&self, h: &str) -> Option<String> {
+    fn cached(&self, h: &str) -> Option<VerifiedKey> {
         let known = self.known.read().unwrap_or_else(|e| e.into_inner());
         let k = known.get(h)?;
-        self.touch(&k.key_id, Some(&k.touched_ms));
-        Some(k.key_id.clone())
+        self.touch(&k.key.key_id, Some(&k.touched_ms));
+        Some(k.key.clone())
     }
 
     /// Writes the key's `last_used_at` in the background, at most once per
@@ -148,7 +164,7 @@ impl KeyCache {
         use std::sync::atomic::Ordering;
         let mut known = self.known.write().unwrap_or_else(|e| e.into_inner());
         self.generation.fetch_add(1, Ordering::SeqCst);
-        known.retain(|_, k| k.key_id != key_id);
+        known.retain(|_, k| k.key.key_id != key_id);
     }
 
     /// Drops every cached key the store no longer holds as active.
@@ -212,67 +228,161 @@ pub fn unauthorized(message: &str) -> ApiError {
     ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
 }
 
-/// Checks an API key: its id, or 401 for an unknown or revoked one.
+/// Checks an API key: the caller it makes, or 401 for an unknown or
+/// revoked one.
 pub async fn check_key(state: &AppState, secret: &str) -> Result<Caller, ApiError> {
-    let key_id = state
+    let k = state
         .keys
         .verify(secret)
         .await?
         .ok_or_else(|| unauthorized("unknown or revoked API key"))?;
-    Ok(Caller { key_id })
+    Ok(Caller {
+        admin: k.user_id.is_none(),
+        user_id: k.user_id,
+        key_id: Some(k.key_id),
+    })
 }
 
-/// The authenticated caller, available to handlers as an extension.
+/// The authenticated caller, available to handlers as an extension: an
+/// operator's API key (every user), a user's API key (one user), or a
+/// dashboard session (its account; every user for an admin).
 #[derive(Debug, Clone)]
 pub struct Caller {
-    /// The API key used.
-    pub key_id: String,
+    /// The API key used; `None` for a dashboard session.
+    pub key_id: Option<String>,
+    /// The user the caller is (or is bound to); `None` for an operator key.
+    pub user_id: Option<String>,
+    /// Whether it acts for every user (operator keys, admin accounts).
+    pub admin: bool,
 }
 
-/// Middleware: requires `Authorization: Bearer <api key>`.
+impl Caller {
+    /// What rate limits and logs call it: the key's id, or `session:<user>`.
+    pub fn label(&self) -> String {
+        match (&self.key_id, &self.user_id) {
+            (Some(k), _) => k.clone(),
+            (None, Some(u)) => format!("session:{u}"),
+            (None, None) => "session".into(),
+        }
+    }
+
+    /// Whether the caller may see and act on objects of `owner`.
+    pub fn sees(&self, owner: &str) -> bool {
+        self.admin || self.user_id.as_deref() == Some(owner)
+    }
+
+    /// 403 `forbidden` unless the caller may act for `user`: a user's key or
+    /// session names only its own user.
+    pub fn act_for(&self, user: &str) -> Result<(), ApiError> {
+        if self.sees(user) {
+            return Ok(());
+        }
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "this {} acts only for user {:?}, not {user:?}",
+                if self.key_id.is_some() {
+                    "API key"
+                } else {
+                    "session"
+                },
+                self.user_id.as_deref().unwrap_or_default()
+            ),
+        ))
+    }
+
+    /// An object of `owner`: `Ok` if the caller sees it, else the same 404
+    /// as for an object that does not exist (`missing` says what).
+    pub fn owns(&self, owner: &str, missing: impl FnOnce() -> String) -> Result<(), ApiError> {
+        if self.sees(owner) {
+            Ok(())
+        } else {
+            Err(ApiError::not_found(missing()))
+        }
+    }
+
+    /// Whose objects a list shows: the requested user (checked), every user
+    /// for an admin that names none, the caller's own otherwise.
+    pub fn list_scope(&self, requested: Option<&str>) -> Result<Option<String>, ApiError> {
+        match requested {
+            Some(u) => self.act_for(u).map(|_| Some(u.to_string())),
+            None if self.admin => Ok(None),
+            None => Ok(self.user_id.clone()),
+        }
+    }
+}
+
+/// Middleware: requires `Authorization: Bearer <api key>`, or a dashboard
+/// session cookie (whose changing requests must come from the controller's
+/// own pages: `crate::accounts::guard`).
 pub async fn require_api_key(
     State(state): State<AppState>,
     mut req: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    let key = bearer(req.headers())?
-        .ok_or_else(|| unauthorized("missing Authorization: Bearer <api key>"))?;
-    let caller = check_key(&state, key).await?;
+    let caller = match bearer(req.headers())? {
+        Some(key) => check_key(&state, key).await?,
+        None => match state.accounts.session_of(req.headers()).await? {
+            Some(s) => s.caller(),
+            None => {
+                return Err(unauthorized(
+                    "missing Authorization: Bearer <api key> (or a dashboard session)",
+                ))
+            }
+        },
+    };
     req.extensions_mut().insert(caller);
     Ok(next.run(req).await)
 }
 
 /// Body of `POST /api/keys`.
 #[derive(Debug, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct NewKeyBody {
     /// A label for the key (1–100 printable characters).
     name: String,
+    /// The user the key is bound to. A user (key or session) makes keys for
+    /// itself only; an operator or admin names any user, or none for an
+    /// operator's key.
+    #[serde(default)]
+    user_id: Option<String>,
 }
 
-/// `GET /api/keys`: every key (never a secret or hash), revoked ones too.
+/// A key as the API shows it: never its secret or hash.
+pub fn key_json(k: &polydev_store::ApiKey) -> serde_json::Value {
+    serde_json::json!({
+        "keyId": k.key_id,
+        "name": k.name,
+        "userId": k.user_id,
+        "scope": if k.user_id.is_some() { "user" } else { "operator" },
+        "createdAt": k.created_at,
+        "lastUsedAt": k.last_used_at,
+        "revoked": k.revoked,
+    })
+}
+
+/// `GET /api/keys`: the keys the caller sees (every key for an operator or
+/// admin, a user's own otherwise), revoked ones too.
 pub async fn list_keys(
     State(state): State<AppState>,
+    axum::Extension(caller): axum::Extension<Caller>,
 ) -> Result<axum::Json<serde_json::Value>, ApiError> {
-    let keys = state.runtime.store().list_api_keys().await?;
-    let keys: Vec<_> = keys
-        .into_iter()
-        .map(|k| {
-            serde_json::json!({
-                "keyId": k.key_id,
-                "name": k.name,
-                "createdAt": k.created_at,
-                "lastUsedAt": k.last_used_at,
-                "revoked": k.revoked,
-            })
-        })
-        .collect();
+    let store = state.runtime.store();
+    let keys = match (&caller.user_id, caller.admin) {
+        (Some(u), false) => store.list_user_api_keys(u).await?,
+        (None, false) => Vec::new(),
+        (_, true) => store.list_api_keys().await?,
+    };
+    let keys: Vec<_> = keys.iter().map(key_json).collect();
     Ok(axum::Json(serde_json::json!({ "keys": keys })))
 }
 
-/// `POST /api/keys {"name"}`: a new key; its secret is in this answer only.
+/// `POST /api/keys {"name", "userId"?}`: a new key; its secret is in this
+/// answer only.
 pub async fn create_key(
     State(state): State<AppState>,
+    axum::Extension(caller): axum::Extension<Caller>,
     body: Result<axum::Json<NewKeyBody>, axum::extract::rejection::JsonRejection>,
 ) -> Result<(StatusCode, axum::Json<serde_json::Value>), ApiError> {
     let axum::Json(body) = body?;
@@ -284,34 +394,50 @@ pub async fn create_key(
             "name must be 1 to 100 printable characters",
         ));
     }
+    let user = match (&body.user_id, caller.admin) {
+        (Some(u), _) => {
+            crate::api::validate_user_id(u)?;
+            caller.act_for(u)?;
+            Some(u.clone())
+        }
+        (None, true) => None,
+        (None, false) => caller.user_id.clone(),
+    };
     let k = generate();
-    state
+    let row = state
         .runtime
         .store()
-        .insert_api_key(&k.key_id, name, &k.hash)
+        .insert_scoped_api_key(&k.key_id, name, &k.hash, user.as_deref())
         .await?;
-    tracing::info!(key_id = %k.key_id, "API key created");
-    Ok((
-        StatusCode::CREATED,
-        axum::Json(serde_json::json!({ "keyId": k.key_id, "name": name, "key": k.secret })),
-    ))
+    tracing::info!(key_id = %k.key_id, user_id = ?user, by = %caller.label(), "API key created");
+    let mut v = key_json(&row);
+    v["key"] = k.secret.into();
+    Ok((StatusCode::CREATED, axum::Json(v)))
 }
 
 /// `DELETE /api/keys/:id`: revokes a key; refused from its next request on.
+/// A user revokes only their own keys (another's answers 404).
 pub async fn revoke_key(
     State(state): State<AppState>,
+    axum::Extension(caller): axum::Extension<Caller>,
     axum::extract::Path(key_id): axum::extract::Path<String>,
 ) -> Result<StatusCode, ApiError> {
+    let missing = || format!("no active API key {key_id:?}");
+    if !caller.admin {
+        let mine = match &caller.user_id {
+            Some(u) => state.runtime.store().list_user_api_keys(u).await?,
+            None => Vec::new(),
+        };
+        if !mine.iter().any(|k| k.key_id == key_id) {
+            return Err(ApiError::not_found(missing()));
+        }
+    }
     let revoked = state.runtime.store().revoke_api_key(&key_id).await?;
     state.keys.forget(&key_id);
     if !revoked {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("no active API key {key_id:?}"),
-        ));
+        return Err(ApiError::not_found(missing()));
     }
-    tracing::info!(%key_id, "API key revoked");
+    tracing::info!(%key_id, by = %caller.label(), "API key revoked");
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -340,7 +466,7 @@ mod tests {
         store.insert_api_key(&k.key_id, "t", &k.hash).await.unwrap();
         let cache = super::KeyCache::new(store.clone());
         assert_eq!(
-            cache.verify(&k.secret).await.unwrap(),
+            cache.verify(&k.secret).await.unwrap().map(|k| k.key_id),
             Some(k.key_id.clone())
         );
         assert_eq!(cache.verify("pdk_nope").await.unwrap(), None);

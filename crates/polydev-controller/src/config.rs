@@ -67,6 +67,8 @@ pub struct Config {
     /// bytes (`POLYDEV_CONSOLE_HEAD_BYTES`, default 1 MiB) and its last
     /// (`POLYDEV_CONSOLE_TAIL_BYTES`, default 4 MiB).
     pub console: polydev_vmm::console::Limits,
+    /// End users' accounts: sessions, sign-in limits, OIDC providers.
+    pub accounts: crate::accounts::AccountsConfig,
 }
 
 impl Config {
@@ -101,6 +103,7 @@ impl Config {
             runs: crate::runs::RunsConfig::default(),
             admission: crate::admission::AdmissionConfig::default(),
             console: polydev_vmm::console::Limits::default(),
+            accounts: crate::accounts::AccountsConfig::default(),
         }
     }
 

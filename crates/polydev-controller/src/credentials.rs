@@ -279,10 +279,12 @@ pub struct ListQuery {
 /// `GET /api/credentials?userId=`: the user's connections, never a secret.
 pub async fn list(
     State(s): State<AppState>,
+    axum::Extension(caller): axum::Extension<crate::auth::Caller>,
     q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let Query(q) = q.map_err(|e| ApiError::bad_request(format!("userId is required: {e}")))?;
     crate::api::validate_user_id(&q.user_id)?;
+    caller.act_for(&q.user_id)?;
     let rows = s.runtime.store().list_credentials(Some(&q.user_id)).await?;
     Ok(Json(serde_json::json!({
         "credentials": rows.iter().map(row_json).collect::<Vec<_>>()
@@ -293,9 +295,11 @@ pub async fn list(
 /// from the user's CLI VM (resumed if it sleeps).
 pub async fn delete(
     State(s): State<AppState>,
+    axum::Extension(caller): axum::Extension<crate::auth::Caller>,
     Path((user_id, provider)): Path<(String, String)>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     crate::api::validate_user_id(&user_id)?;
+    caller.act_for(&user_id)?;
     let p = provider_of(&provider)?;
     if !s
         .runtime
@@ -346,10 +350,12 @@ pub struct PutKey {
 /// of signing in; sealed, never written to the VM's disk.
 pub async fn put_api_key(
     State(s): State<AppState>,
+    axum::Extension(caller): axum::Extension<crate::auth::Caller>,
     Path((user_id, provider)): Path<(String, String)>,
     body: Result<Json<PutKey>, axum::extract::rejection::JsonRejection>,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
     crate::api::validate_user_id(&user_id)?;
+    caller.act_for(&user_id)?;
     let p = provider_of(&provider)?;
     let Json(body) = body?;
     let key = body.api_key.trim();

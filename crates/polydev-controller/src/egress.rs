@@ -275,27 +275,21 @@ fn policy_error(e: impl std::fmt::Display) -> ApiError {
     )
 }
 
-async fn vm_record(s: &AppState, id: &str) -> Result<polydev_store::VmRecord, ApiError> {
-    s.runtime
-        .store()
-        .get_vm(id)
-        .await
-        .map_err(ApiError::internal)?
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                format!("no VM with id {id}"),
-            )
-        })
+async fn vm_record(
+    s: &AppState,
+    caller: &crate::auth::Caller,
+    id: &str,
+) -> Result<polydev_store::VmRecord, ApiError> {
+    crate::api::find(s, caller, id).await
 }
 
 /// `GET /api/vms/:id/egress`: the policy in force and the VM's counters.
 pub async fn get_vm_egress(
     State(s): State<AppState>,
+    axum::Extension(caller): axum::Extension<crate::auth::Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let rec = vm_record(&s, &id).await?;
+    let rec = vm_record(&s, &caller, &id).await?;
     let policy = s
         .runtime
         .vm_policy(&rec)
@@ -320,9 +314,18 @@ pub async fn get_vm_egress(
 /// hibernated) VM gets it at once.
 pub async fn put_vm_egress(
     State(s): State<AppState>,
+    axum::Extension(caller): axum::Extension<crate::auth::Caller>,
     Path(id): Path<String>,
     body: axum::body::Bytes,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    if !caller.admin {
+        vm_record(&s, &caller, &id).await?;
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "a VM's egress policy is set by an operator or admin",
+        ));
+    }
     let policy: Policy = parse_named(&body).map_err(|e| {
         ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -331,7 +334,7 @@ pub async fn put_vm_egress(
         )
     })?;
     policy.compile().map_err(policy_error)?;
-    let rec = vm_record(&s, &id).await?;
+    let rec = vm_record(&s, &caller, &id).await?;
     if rec.status.is_terminal() {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -343,7 +346,7 @@ pub async fn put_vm_egress(
         .set_vm_policy(&rec, &policy)
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "egress_failed", e))?;
-    get_vm_egress(State(s), Path(id)).await
+    get_vm_egress(State(s), axum::Extension(caller), Path(id)).await
 }
 
 /// Parses a JSON body; an error names the field it is about
@@ -373,9 +376,11 @@ fn identity_json(user_id: &str, row: Option<polydev_store::UserEgressRow>) -> se
 /// password) and source address.
 pub async fn get_user_egress(
     State(s): State<AppState>,
+    axum::Extension(caller): axum::Extension<crate::auth::Caller>,
     Path(user): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     crate::api::validate_user_id(&user)?;
+    caller.act_for(&user)?;
     let row = s
         .runtime
         .store()
@@ -389,10 +394,12 @@ pub async fn get_user_egress(
 /// address; the user's live VMs take them at once.
 pub async fn put_user_egress(
     State(s): State<AppState>,
+    axum::Extension(caller): axum::Extension<crate::auth::Caller>,
     Path(user): Path<String>,
     body: axum::body::Bytes,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     crate::api::validate_user_id(&user)?;
+    caller.act_for(&user)?;
     let b: UserEgressBody = parse_named(&body).map_err(|e| {
         ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,

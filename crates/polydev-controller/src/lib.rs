@@ -5,6 +5,7 @@
 //! API until it is told to stop.
 #![warn(missing_docs)]
 
+pub mod accounts;
 pub mod admission;
 pub mod agent_client;
 pub mod api;
@@ -14,6 +15,7 @@ pub mod auth_flow;
 pub mod cli_vm;
 pub mod config;
 pub mod credentials;
+pub mod dashboard;
 pub mod egress;
 pub mod error;
 #[cfg(test)]
@@ -48,6 +50,8 @@ pub struct AppState {
     pub keys: Arc<auth::KeyCache>,
     /// Changing requests counted per API key and per user.
     pub limits: Arc<admission::RateLimiter>,
+    /// End users' accounts and dashboard sessions.
+    pub accounts: Arc<accounts::Accounts>,
 }
 
 impl AppState {
@@ -64,7 +68,18 @@ impl AppState {
         let cli = cli_vm::CliVms::new(rt.clone(), cli_idle);
         let runs = runs::Runs::new(rt.clone(), cli.clone(), keyring.clone(), runs_cfg);
         let auth = auth_flow::AuthFlow::new(rt.clone(), keyring, auth_cfg, cli.clone());
+        let secure = rt
+            .config()
+            .live
+            .public_url
+            .as_deref()
+            .is_some_and(|u| u.starts_with("https://"));
         AppState {
+            accounts: Arc::new(accounts::Accounts::new(
+                rt.store().clone(),
+                &rt.config().accounts,
+                secure,
+            )),
             keys: auth::KeyCache::new(rt.store().clone()),
             runtime: rt,
             auth,
@@ -198,7 +213,13 @@ pub fn app(state: AppState) -> Router {
         .merge(api::routes(state.clone()))
         .merge(live::routes(state.clone()))
         .merge(terminal::routes(state.clone()))
+        .merge(dashboard::routes())
         .fallback(api::not_found)
+        .layer(axum::middleware::from_fn(dashboard::admin::count_changes))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            accounts::guard::cross_site,
+        ))
         .layer(axum::extract::DefaultBodyLimit::max(max))
         .layer(
             tower_http::trace::TraceLayer::new_for_http()
@@ -242,6 +263,9 @@ pub async fn serve(cfg: Config, auth_cfg: auth_flow::AuthFlowConfig) -> anyhow::
         rt.config().cli_idle,
         rt.config().runs.clone(),
     );
+    // The decoy hash checked for unknown accounts is made now, so that the
+    // first such sign-in takes no longer than any other.
+    tokio::task::spawn_blocking(|| accounts::password::verify("", None));
     let (cli, runs, auth) = (&state.cli, &state.runs, &state.auth);
     tokio::spawn(cli.clone().idle_loop(std::time::Duration::from_secs(1)));
     {
@@ -267,9 +291,12 @@ pub async fn serve(cfg: Config, auth_cfg: auth_flow::AuthFlowConfig) -> anyhow::
     tracing::info!(%listen, store = %rt.store().kind(), "polydev controller listening");
     eprintln!("polydev: listening on http://{listen}");
     tokio::spawn(state.keys.clone().refresh_loop(auth::REFRESH_EVERY));
-    axum::serve(listener, app(state))
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    axum::serve(
+        listener,
+        app(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown_signal())
+    .await?;
     Ok(())
 }
 

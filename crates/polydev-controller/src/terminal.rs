@@ -135,8 +135,9 @@ pub async fn authorize(
             "a view token does not open a terminal: use a terminal token (pdt_…)",
         ));
     }
-    crate::auth::check_key(&t.app, presented).await?;
-    Ok(())
+    crate::auth::check_key(&t.app, presented)
+        .await?
+        .act_for(user_id)
 }
 
 /// Query of `POST /api/users/{user}/terminal/token`.
@@ -151,11 +152,13 @@ pub struct MintQuery {
 /// the user and the page URL that uses it.
 pub async fn mint(
     State(t): State<Arc<Terminals>>,
+    axum::Extension(caller): axum::Extension<crate::auth::Caller>,
     Path(user): Path<String>,
     q: Result<Query<MintQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
     crate::api::validate_user_id(&user)?;
+    caller.act_for(&user)?;
     let ttl = match q.ttl_secs {
         Some(0) => return Err(ApiError::bad_request("ttlSecs must be at least 1")),
         Some(s) => Duration::from_secs(s).min(token::DEFAULT_TTL),

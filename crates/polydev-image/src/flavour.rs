@@ -25,6 +25,9 @@ pub const VNC_PORT: u16 = polydev_core::guest::VNC_PORT;
 pub const OPEN_URL_HOOK: &str = "/usr/local/bin/polydev-open-url";
 /// Chromium wrapper with the flags a guest needs.
 pub const BROWSER_WRAPPER: &str = "/usr/local/bin/polydev-browser";
+/// Kernel settings of browser images (Chromium's sandboxed renderers need
+/// overcommitted reservations).
+pub const BROWSER_SYSCTL: &str = "/etc/sysctl.d/60-polydev-browser.conf";
 /// The DevTools client for the guest's Chromium (loopback port [`CDP_PORT`]).
 pub const CDP_TOOL: &str = "/usr/local/bin/polydev-cdp";
 /// The port Chromium's DevTools protocol listens on, on the guest's loopback.
@@ -234,6 +237,11 @@ impl Flavour {
                 include_str!("../guest/polydev-browser"),
                 0o755,
             ));
+            files.push((
+                BROWSER_SYSCTL,
+                include_str!("../guest/polydev-browser-sysctl.conf"),
+                0o644,
+            ));
             files.push((CHECK_PAGE, include_str!("../guest/check.html"), 0o644));
             files.push((CDP_TOOL, include_str!("../guest/polydev-cdp"), 0o755));
         }
@@ -315,6 +323,20 @@ mod tests {
             .contains(&format!("--remote-debugging-port={CDP_PORT}")));
         let cdp = files.iter().find(|f| f.0 == CDP_TOOL).unwrap();
         assert!(cdp.1.contains(&format!("|| {CDP_PORT}")));
+    }
+
+    #[test]
+    fn browser_runs_chromium_with_its_own_sandbox() {
+        let files = Flavour::Browser.files();
+        let wrapper = files.iter().find(|f| f.0 == BROWSER_WRAPPER).unwrap();
+        assert!(
+            !wrapper.1.contains("--no-sandbox"),
+            "Chromium's sandbox is on (no warning bar)"
+        );
+        // Its renderers' reservations are granted in a small VM.
+        let sysctl = files.iter().find(|f| f.0 == BROWSER_SYSCTL).unwrap();
+        assert!(sysctl.1.contains("\nvm.overcommit_memory = 1\n"));
+        assert!(!Flavour::Cli.files().iter().any(|f| f.0 == BROWSER_SYSCTL));
     }
 
     #[test]

@@ -27,6 +27,9 @@ pub struct ApiKey {
     pub last_used_at: Option<i64>,
     /// True once revoked; a revoked key authenticates nothing.
     pub revoked: bool,
+    /// The user a key is bound to; `None` for an operator's key (acts for
+    /// every user).
+    pub user_id: Option<String>,
 }
 
 impl FromRow<'_, AnyRow> for ApiKey {
@@ -38,16 +41,29 @@ impl FromRow<'_, AnyRow> for ApiKey {
             created_at: row.try_get("created_at")?,
             last_used_at: row.try_get("last_used_at")?,
             revoked: get_flag(row, "revoked")?,
+            user_id: row.try_get("user_id")?,
         })
     }
 }
 
-const COLUMNS: &str = "key_id, name, key_hash, created_at, last_used_at, revoked";
+const COLUMNS: &str = "key_id, name, key_hash, created_at, last_used_at, revoked, user_id";
 
 impl Store {
     /// Records a new key. Fails with [`StoreError::Conflict`] if the id or the
     /// hash is already taken.
     pub async fn insert_api_key(&self, key_id: &str, name: &str, key_hash: &str) -> Result<ApiKey> {
+        self.insert_scoped_api_key(key_id, name, key_hash, None)
+            .await
+    }
+
+    /// Records a new key bound to `user_id` (`None`: an operator's key).
+    pub async fn insert_scoped_api_key(
+        &self,
+        key_id: &str,
+        name: &str,
+        key_hash: &str,
+        user_id: Option<&str>,
+    ) -> Result<ApiKey> {
         let key = ApiKey {
             key_id: key_id.to_string(),
             name: name.to_string(),
@@ -55,16 +71,18 @@ impl Store {
             created_at: now_ms(),
             last_used_at: None,
             revoked: false,
+            user_id: user_id.map(Into::into),
         };
         sqlx::query(
-            "INSERT INTO api_keys (key_id, name, key_hash, created_at, revoked) \
-             VALUES ($1, $2, $3, $4, $5)",
+            "INSERT INTO api_keys (key_id, name, key_hash, created_at, revoked, user_id) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
         )
         .bind(&key.key_id)
         .bind(&key.name)
         .bind(&key.key_hash)
         .bind(key.created_at)
         .bind(false)
+        .bind(user_id)
         .execute(&self.pool)
         .await
         .map_err(|e| {
@@ -111,6 +129,17 @@ impl Store {
         .fetch_all(&self.pool)
         .await
         .map_err(|e| self.query_err("list API keys".to_string(), e))
+    }
+
+    /// The keys bound to `user_id`, revoked ones included, oldest first.
+    pub async fn list_user_api_keys(&self, user_id: &str) -> Result<Vec<ApiKey>> {
+        sqlx::query_as(&format!(
+            "SELECT {COLUMNS} FROM api_keys WHERE user_id = $1 ORDER BY created_at, key_id"
+        ))
+        .bind(user_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.query_err(format!("list API keys of {user_id:?}"), e))
     }
 
     /// The hashes of every key that is not revoked (what an in-memory cache

@@ -118,6 +118,17 @@ impl Store {
         .map_err(|e| self.query_err("list active auth sessions".into(), e))
     }
 
+    /// Every user's sessions started since `since` (Unix ms), newest first.
+    pub async fn list_auth_sessions_since(&self, since: i64) -> Result<Vec<AuthSession>> {
+        sqlx::query_as::<_, AuthSession>(&format!(
+            "SELECT {COLUMNS} FROM auth_sessions WHERE started_at >= $1 ORDER BY started_at DESC"
+        ))
+        .bind(since)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.query_err("list recent auth sessions".into(), e))
+    }
+
     /// A user's sessions, newest first.
     pub async fn list_auth_sessions(&self, user_id: &str) -> Result<Vec<AuthSession>> {
         sqlx::query_as::<_, AuthSession>(&format!(

@@ -14,6 +14,7 @@
 
 #![warn(missing_docs)]
 
+pub mod accounts;
 pub mod api_keys;
 pub mod auth_sessions;
 pub mod cleanup;
@@ -35,13 +36,14 @@ use sqlx::migrate::Migrator;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode};
 use sqlx::{AnyPool, ConnectOptions, Connection, Row};
 
+pub use accounts::{Account, OidcLogin, WebSession};
 pub use api_keys::ApiKey;
 pub use auth_sessions::AuthSession;
 pub use cleanup::{CleanupStatus, CleanupTask};
 pub use credentials::{CredentialRow, SealedParts};
 pub use egress::UserEgressRow;
 pub use error::{Result, StoreError};
-pub use runs::{NewRun, RunEvent, RunOutcome, RunRecord};
+pub use runs::{NewRun, RunEvent, RunOutcome, RunRecord, RunSummary};
 pub use url::redact_url;
 pub use vms::{NewVm, VmRecord};
 pub use webrtc::WebrtcSignal;

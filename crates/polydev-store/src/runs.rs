@@ -111,6 +111,57 @@ const COLUMNS: &str = "run_id, user_id, provider, prompt, model, resume_id, time
     output_tokens, cost_usd, totals, checkpoint, event_count, created_at, vm_ready_at, cli_started_at, \
     first_output_at, finished_at";
 
+/// What a list of runs shows: no answer, events or checkpoint (a run's
+/// answer may be a megabyte), its prompt and error cut to 200 characters.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunSummary {
+    /// Id.
+    pub run_id: String,
+    /// Owner.
+    pub user_id: String,
+    /// Provider.
+    pub provider: String,
+    /// The prompt's first 200 characters.
+    pub prompt: String,
+    /// Status.
+    pub status: RunStatus,
+    /// The error's first 200 characters.
+    pub error: Option<String>,
+    /// Input tokens.
+    pub input_tokens: Option<i64>,
+    /// Output tokens.
+    pub output_tokens: Option<i64>,
+    /// Cost in US dollars.
+    pub cost_usd: Option<f64>,
+    /// Unix ms.
+    pub created_at: i64,
+    /// Unix ms.
+    pub finished_at: Option<i64>,
+}
+
+impl FromRow<'_, AnyRow> for RunSummary {
+    fn from_row(row: &AnyRow) -> std::result::Result<Self, sqlx::Error> {
+        Ok(RunSummary {
+            run_id: row.try_get("run_id")?,
+            user_id: row.try_get("user_id")?,
+            provider: row.try_get("provider")?,
+            prompt: row.try_get("prompt")?,
+            status: get_enum(row, "status")?,
+            error: row.try_get("error")?,
+            input_tokens: row.try_get("input_tokens")?,
+            output_tokens: row.try_get("output_tokens")?,
+            cost_usd: row.try_get("cost_usd")?,
+            created_at: row.try_get("created_at")?,
+            finished_at: row.try_get("finished_at")?,
+        })
+    }
+}
+
+const SUMMARY_COLUMNS: &str =
+    "run_id, user_id, provider, SUBSTR(prompt, 1, 200) AS prompt, status, \
+    SUBSTR(error, 1, 200) AS error, input_tokens, output_tokens, cost_usd, created_at, finished_at";
+
 /// A run to record.
 #[derive(Debug, Clone)]
 pub struct NewRun<'a> {
@@ -218,6 +269,71 @@ impl Store {
             .fetch_all(&self.pool)
             .await
             .map_err(|e| self.query_err("list runs".into(), e))
+    }
+
+    /// A user's runs, newest first, as lists show them. The rows come back
+    /// as one JSON array in one row: a page of runs costs one row's trip
+    /// from the database, not one per run.
+    pub async fn list_run_summaries(&self, user_id: &str, limit: i64) -> Result<Vec<RunSummary>> {
+        let fields = [
+            ("runId", "run_id"),
+            ("userId", "user_id"),
+            ("provider", "provider"),
+            ("prompt", "SUBSTR(prompt, 1, 200)"),
+            ("status", "status"),
+            ("error", "SUBSTR(error, 1, 200)"),
+            ("inputTokens", "input_tokens"),
+            ("outputTokens", "output_tokens"),
+            ("costUsd", "cost_usd"),
+            ("createdAt", "created_at"),
+            ("finishedAt", "finished_at"),
+        ];
+        let pairs: Vec<String> = fields.iter().map(|(k, c)| format!("'{k}', {c}")).collect();
+        let (object, array) = match self.kind {
+            crate::StoreKind::Sqlite => ("json_object", "json_group_array(json(o))"),
+            crate::StoreKind::Postgres => ("json_build_object", "json_agg(o)::text"),
+        };
+        let sql = format!(
+            "SELECT COALESCE((SELECT {array} FROM (SELECT {object}({}) AS o FROM runs WHERE user_id = $1 \
+             ORDER BY created_at DESC, run_id DESC LIMIT $2) AS page), '[]') AS runs",
+            pairs.join(", ")
+        );
+        let row = sqlx::query(&sql)
+            .bind(user_id)
+            .bind(limit)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| self.query_err("list run summaries".into(), e))?;
+        let text: String = row
+            .try_get("runs")
+            .map_err(|e| self.query_err("read run summaries".into(), e))?;
+        let mut runs: Vec<RunSummary> = serde_json::from_str(&text).map_err(|e| {
+            self.query_err(
+                "decode run summaries".into(),
+                sqlx::Error::Decode(Box::new(e)),
+            )
+        })?;
+        // An aggregate's order is the database's to choose: set it here.
+        runs.sort_by(|a, b| {
+            b.created_at
+                .cmp(&a.created_at)
+                .then_with(|| b.run_id.cmp(&a.run_id))
+        });
+        Ok(runs)
+    }
+
+    /// Every user's runs that failed or timed out since `since` (Unix ms),
+    /// newest first, at most `limit`.
+    pub async fn list_failed_runs_since(&self, since: i64, limit: i64) -> Result<Vec<RunSummary>> {
+        sqlx::query_as::<_, RunSummary>(&format!(
+            "SELECT {SUMMARY_COLUMNS} FROM runs WHERE status IN ('failed', 'timeout') AND created_at >= $1 \
+             ORDER BY created_at DESC LIMIT $2"
+        ))
+        .bind(since)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.query_err("list failed runs".into(), e))
     }
 
     /// Runs not yet ended, oldest first.

@@ -259,6 +259,20 @@ impl Store {
             .map_err(|e| self.query_err(format!("get VM {vm_id:?}"), e))
     }
 
+    /// VMs made since `since` (Unix ms) that failed (they carry a reason),
+    /// newest first, at most `limit`.
+    pub async fn list_failed_vms_since(&self, since: i64, limit: i64) -> Result<Vec<VmRecord>> {
+        sqlx::query_as(&format!(
+            "SELECT {COLUMNS} FROM vms WHERE failure_reason IS NOT NULL AND created_at >= $1 \
+             ORDER BY created_at DESC LIMIT $2"
+        ))
+        .bind(since)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.query_err("list failed VMs".to_string(), e))
+    }
+
     /// VMs, newest first: of one user or all, with or without destroyed ones.
     pub async fn list_vms(
         &self,

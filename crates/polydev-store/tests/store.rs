@@ -203,6 +203,200 @@ async fn api_keys(db: &TestDb) {
     assert!(all.iter().any(|k| k.key_id == "k2" && !k.revoked));
 }
 
+both!(accounts_sessions_identities);
+async fn accounts_sessions_identities(db: &TestDb) {
+    use polydev_store::OidcLogin;
+    let s = &db.store;
+    let a = s
+        .insert_account("ann", Some("ann@example.test"), "user", Some("$argon2id$x"))
+        .await
+        .unwrap();
+    assert!(a.has_password && !a.disabled);
+    let dup = s
+        .insert_account("ann", None, "user", None)
+        .await
+        .unwrap_err();
+    assert!(matches!(dup, StoreError::Conflict { .. }), "{dup}");
+    let dup = s
+        .insert_account("ann2", Some("ann@example.test"), "user", None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(dup, StoreError::Conflict { .. }),
+        "one account per e-mail address: {dup}"
+    );
+    s.insert_account("oidc-only", None, "admin", None)
+        .await
+        .unwrap();
+    s.insert_account("other", None, "user", None).await.unwrap();
+    let (acc, hash) = s.account_password("ann").await.unwrap().unwrap();
+    assert_eq!(
+        (acc.role.as_str(), hash.as_deref()),
+        ("user", Some("$argon2id$x"))
+    );
+    assert_eq!(
+        s.account_password("oidc-only").await.unwrap().unwrap().1,
+        None
+    );
+    assert!(s.account_password("nobody").await.unwrap().is_none());
+    assert_eq!(
+        s.find_account_by_email("ann@example.test")
+            .await
+            .unwrap()
+            .unwrap()
+            .user_id,
+        "ann"
+    );
+    assert_eq!(s.list_accounts().await.unwrap().len(), 3);
+
+    // Sessions: found until they expire, gone when ended or the account is
+    // disabled or its password changes.
+    let far = polydev_core::vm::now_ms() + 3_600_000;
+    s.insert_web_session("h1", "ann", "password", far)
+        .await
+        .unwrap();
+    s.insert_web_session("h2", "ann", "password", far)
+        .await
+        .unwrap();
+    s.insert_web_session("old", "ann", "password", 1)
+        .await
+        .unwrap();
+    s.insert_web_session("o1", "other", "password", far)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.find_web_session("h1")
+            .await
+            .unwrap()
+            .unwrap()
+            .account
+            .user_id,
+        "ann"
+    );
+    assert!(
+        s.find_web_session("old").await.unwrap().is_none(),
+        "expired"
+    );
+    assert!(s.delete_web_session("h1").await.unwrap());
+    assert!(s.find_web_session("h1").await.unwrap().is_none());
+    assert!(s.set_account_disabled("ann", true).await.unwrap());
+    assert!(
+        s.find_web_session("h2").await.unwrap().is_none(),
+        "disabling ends sessions"
+    );
+    assert!(
+        s.find_web_session("o1").await.unwrap().is_some(),
+        "other accounts keep theirs"
+    );
+    assert!(s
+        .set_account_password("other", "$argon2id$y")
+        .await
+        .unwrap());
+    assert!(
+        s.find_web_session("o1").await.unwrap().is_none(),
+        "a new password ends sessions"
+    );
+    assert!(!s.set_account_disabled("nobody", true).await.unwrap());
+
+    // OIDC identities and sign-ins in flight (taken once).
+    assert!(s
+        .find_identity("https://idp", "sub1")
+        .await
+        .unwrap()
+        .is_none());
+    s.link_identity("https://idp", "sub1", "oidc-only")
+        .await
+        .unwrap();
+    s.link_identity("https://idp", "sub1", "oidc-only")
+        .await
+        .unwrap();
+    assert_eq!(
+        s.find_identity("https://idp", "sub1")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("oidc-only")
+    );
+    let l = OidcLogin {
+        provider: "corp".into(),
+        nonce: "n".into(),
+        pkce_verifier: "v".into(),
+        created_at: polydev_core::vm::now_ms(),
+    };
+    s.insert_oidc_login("state1", &l).await.unwrap();
+    assert_eq!(
+        s.take_oidc_login("state1", 600_000).await.unwrap(),
+        Some(l.clone())
+    );
+    assert_eq!(
+        s.take_oidc_login("state1", 600_000).await.unwrap(),
+        None,
+        "a replayed callback finds nothing"
+    );
+    let stale = OidcLogin { created_at: 1, ..l };
+    s.insert_oidc_login("state2", &stale).await.unwrap();
+    assert_eq!(
+        s.take_oidc_login("state2", 600_000).await.unwrap(),
+        None,
+        "too old"
+    );
+
+    // Keys bound to a user.
+    let k = s
+        .insert_scoped_api_key("ku", "mine", "cc33", Some("ann"))
+        .await
+        .unwrap();
+    assert_eq!(k.user_id.as_deref(), Some("ann"));
+    assert_eq!(
+        s.find_api_key_by_hash("cc33")
+            .await
+            .unwrap()
+            .unwrap()
+            .user_id
+            .as_deref(),
+        Some("ann")
+    );
+    s.insert_api_key("ko", "op", "dd44").await.unwrap();
+    assert_eq!(
+        s.find_api_key_by_hash("dd44")
+            .await
+            .unwrap()
+            .unwrap()
+            .user_id,
+        None
+    );
+}
+
+both!(run_summaries);
+async fn run_summaries(db: &TestDb) {
+    let s = &db.store;
+    s.ensure_user("rs").await.unwrap();
+    assert!(s.list_run_summaries("rs", 10).await.unwrap().is_empty());
+    let long = "p".repeat(500);
+    for i in 0..3 {
+        s.insert_run(&polydev_store::NewRun {
+            run_id: &format!("run_s{i}"),
+            user_id: "rs",
+            provider: "codex",
+            prompt: &long,
+            model: None,
+            resume_id: None,
+            timeout_secs: 60,
+        })
+        .await
+        .unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(3)).await;
+    }
+    let l = s.list_run_summaries("rs", 2).await.unwrap();
+    assert_eq!(
+        l.iter().map(|r| r.run_id.as_str()).collect::<Vec<_>>(),
+        ["run_s2", "run_s1"]
+    );
+    assert_eq!(l[0].prompt.len(), 200, "cut to 200 characters");
+    assert_eq!(l[0].status.as_str(), "queued");
+    assert!(s.list_failed_runs_since(0, 10).await.unwrap().is_empty());
+}
+
 both!(slot_allocation);
 async fn slot_allocation(db: &TestDb) {
     let s = Arc::new(db.store.clone());

@@ -206,6 +206,10 @@ pub enum VmmError {
     /// The driver cannot do this (for example a VMM too old for snapshots).
     #[error("{0}")]
     Unsupported(String),
+    /// The host is not set up for the driver (an account it needs is
+    /// missing, say).
+    #[error("{0}")]
+    Config(String),
 }
 
 /// Result alias for this crate.

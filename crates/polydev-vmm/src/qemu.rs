@@ -7,10 +7,17 @@
 //! while QEMU writes ([`crate::console::cap`]); a fresh boot empties it
 //! first, a restore continues it.
 //!
+//! QEMU opens all of these as root, then drops to an unprivileged account
+//! (`-runas`, [`vmm_user`]) before the guest runs, under its seccomp filter
+//! ([`SANDBOX`]): no spawning, no privilege changes. It opens nothing after
+//! the drop; everything it needs later arrives as an open descriptor.
+//!
 //! Pause and resume are QMP `stop` and `cont`. A snapshot stops the guest,
-//! migrates it into a file (`exec:cat > FILE`; QEMU 7.2 has no `file:`
-//! migration URI) and quits; a restore starts QEMU with the same arguments
-//! plus `-incoming 'exec:cat FILE'`, waits for the incoming migration, and
+//! migrates it into a file the controller opened and handed over QMP
+//! (`getfd`, then `migrate fd:NAME`; QEMU 7.2 has no `file:` migration URI)
+//! and quits; a restore starts QEMU with the same arguments plus
+//! `-incoming defer`, hands it the opened file the same way
+//! (`migrate-incoming fd:NAME`), waits for the incoming migration, and
 //! continues the guest. The disks are the VM's own files, untouched while the
 //! VM is stopped.
 
@@ -19,6 +26,7 @@ use crate::process::{self, VmmProcess};
 use crate::qmp::Qmp;
 use crate::snapshot::{self, SnapshotMeta, SpecEssentials};
 use crate::{Result, VmSpec, Vmm, VmmError, VmmKind};
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -38,9 +46,31 @@ const CONSOLE_CHARDEV: &str = "serial0";
 /// How long to wait for QEMU's QMP socket after starting it.
 const QMP_WAIT: Duration = Duration::from_secs(20);
 
-/// The `-sandbox` argument every QEMU VM starts with.
+/// The `-sandbox` argument every QEMU VM starts with: no obsolete system
+/// calls, no spawning (`fork`, `execve`), no scheduler or affinity changes.
+///
+/// `set*uid`/`set*gid` stay allowed (`elevateprivileges=allow`) because of
+/// `-runas`: QEMU 7.2 installs its seccomp filter while parsing its early
+/// options and drops privileges (`setgid`, `initgroups`, `setuid`) only at
+/// the end of set-up (`os_setup_post`), under the filter already;
+/// `elevateprivileges=deny` (and `=children`, which denies them too) kills
+/// QEMU there with SIGSYS. Once dropped, QEMU holds no capabilities and runs
+/// with `no_new_privs`, so `setuid(0)` fails and no set-uid program can be
+/// executed (execve is denied anyway).
 pub const SANDBOX: &str =
-    "on,obsolete=deny,elevateprivileges=deny,spawn=allow,resourcecontrol=deny";
+    "on,obsolete=deny,elevateprivileges=allow,spawn=deny,resourcecontrol=deny";
+
+/// The account QEMU runs as when `POLYDEV_VMM_USER` is unset, if it exists
+/// (`scripts/setup.sh` creates it: a system account with no home and no
+/// login shell).
+pub const DEFAULT_USER: &str = "polydev-vmm";
+
+/// The account QEMU runs as when neither `POLYDEV_VMM_USER` is set nor
+/// [`DEFAULT_USER`] exists.
+pub const FALLBACK_USER: &str = "nobody";
+
+/// The name `getfd` gives a migration stream's descriptor in QEMU.
+const MIGRATION_FD: &str = "migration";
 
 /// The QEMU driver.
 #[derive(Debug, Clone)]
@@ -60,8 +90,9 @@ impl Qemu {
         }
     }
 
-    /// The full argument list for `spec` (without the binary).
-    pub fn args(&self, spec: &VmSpec) -> Vec<String> {
+    /// The full argument list for `spec` (without the binary), QEMU
+    /// running as `user` once set up.
+    pub fn args(&self, spec: &VmSpec, user: &str) -> Vec<String> {
         use polydev_core::guest::{GUEST_MAC, TAP_NAME};
         let d = |p: &std::path::Path| p.display().to_string();
         let (accel, cpu) = match self.accel {
@@ -96,9 +127,14 @@ impl Qemu {
             ),
             "-device".into(),
             "virtio-blk-device,drive=root".into(),
+            // Writable disks are opened read-write once, for good
+            // (`auto-read-only=off`): with `-drive`'s default, QEMU reopens
+            // a disk by name read-only when a migration deactivates it and
+            // read-write when a restore activates it, which QEMU, no longer
+            // root, cannot do.
             "-drive".into(),
             format!(
-                "id=state,file={},format=raw,if=none,cache=unsafe",
+                "id=state,file={},format=raw,if=none,cache=unsafe,auto-read-only=off",
                 d(&spec.state_disk)
             ),
             "-device".into(),
@@ -107,7 +143,10 @@ impl Qemu {
         if let Some(home) = &spec.home_disk {
             a.extend([
                 "-drive".into(),
-                format!("id=home,file={},format=raw,if=none", d(home)),
+                format!(
+                    "id=home,file={},format=raw,if=none,auto-read-only=off",
+                    d(home)
+                ),
                 "-device".into(),
                 "virtio-blk-device,drive=home".into(),
             ]);
@@ -130,9 +169,10 @@ impl Qemu {
             format!("chardev:{CONSOLE_CHARDEV}"),
             "-qmp".into(),
             format!("unix:{},server=on,wait=off", d(&spec.dir.join(QMP_SOCKET))),
-            // QEMU's seccomp filter: no obsolete system calls, no set*uid,
-            // no scheduler or affinity changes. Spawning stays allowed: a
-            // snapshot is migrated through `exec:cat`.
+            // Everything above is opened as root; then QEMU becomes `user`
+            // under its seccomp filter, before the guest runs.
+            "-runas".into(),
+            user.into(),
             "-sandbox".into(),
             SANDBOX.into(),
         ]);
@@ -140,17 +180,13 @@ impl Qemu {
         a
     }
 
-    /// The argument list that restores `spec` from the migration stream
-    /// `state`: the boot arguments (the console is appended to, so the boot's
-    /// log goes on), the guest held stopped (`-S`) and `-incoming`.
-    pub fn restore_args(&self, spec: &VmSpec, state: &Path) -> Vec<String> {
-        let mut a = self.args(spec);
-        a.push("-S".into());
-        a.push("-incoming".into());
-        a.push(format!(
-            "exec:cat {}",
-            shell_quote(&state.display().to_string())
-        ));
+    /// The argument list that restores `spec`: the boot arguments (the
+    /// console is appended to, so the boot's log goes on), the guest held
+    /// stopped (`-S`) and an incoming migration whose stream is handed over
+    /// QMP later (`-incoming defer`).
+    pub fn restore_args(&self, spec: &VmSpec, user: &str) -> Vec<String> {
+        let mut a = self.args(spec, user);
+        a.extend(["-S".into(), "-incoming".into(), "defer".into()]);
         a
     }
 
@@ -180,9 +216,41 @@ impl Qemu {
     }
 }
 
-/// Quotes `s` for `/bin/sh` (QEMU runs `exec:` migration URIs through it).
-pub fn shell_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "'\\''"))
+/// The account QEMU drops to: `POLYDEV_VMM_USER` when set (it must exist
+/// and not be root), else [`DEFAULT_USER`] when it exists, else
+/// [`FALLBACK_USER`]. A name, as QEMU 7.2's `-runas` takes it (QEMU then
+/// takes the account's primary group and supplementary groups).
+pub fn vmm_user() -> Result<String> {
+    let configured = std::env::var("POLYDEV_VMM_USER")
+        .ok()
+        .filter(|v| !v.trim().is_empty());
+    choose_user(configured.as_deref(), |name| {
+        nix::unistd::User::from_name(name)
+            .ok()
+            .flatten()
+            .map(|u| u.uid.as_raw())
+    })
+}
+
+/// [`vmm_user`]'s choice, with `uid_of` looking accounts up.
+fn choose_user(configured: Option<&str>, uid_of: impl Fn(&str) -> Option<u32>) -> Result<String> {
+    let name = match configured {
+        Some(name) => name.trim(),
+        None if uid_of(DEFAULT_USER).is_some() => DEFAULT_USER,
+        None => FALLBACK_USER,
+    };
+    match uid_of(name) {
+        Some(0) => Err(VmmError::Config(format!(
+            "POLYDEV_VMM_USER: QEMU must drop to an unprivileged account, not {name:?} (uid 0)"
+        ))),
+        Some(_) => Ok(name.to_string()),
+        None if configured.is_some() => Err(VmmError::Config(format!(
+            "POLYDEV_VMM_USER: no account {name:?} on this host"
+        ))),
+        None => Err(VmmError::Config(format!(
+            "no account {DEFAULT_USER:?} (scripts/setup.sh creates it) nor {FALLBACK_USER:?} for QEMU to run as; set POLYDEV_VMM_USER"
+        ))),
+    }
 }
 
 /// Waits until process `pid` (matching `marker`) has ended.
@@ -215,7 +283,7 @@ impl Vmm for Qemu {
             path: console.clone(),
             source: e,
         })?;
-        self.spawn(spec, self.args(spec))
+        self.spawn(spec, self.args(spec, &vmm_user()?))
     }
 
     fn describe(&self) -> String {
@@ -243,6 +311,12 @@ impl Vmm for Qemu {
         let version = self.version()?;
         snapshot::prepare_dir(dest_dir)?;
         let state = dest_dir.join(STATE_FILE);
+        // Opened here: QEMU, no longer root, could not open it itself.
+        let file = std::fs::File::create(&state).map_err(|e| VmmError::File {
+            what: "migration stream",
+            path: state.clone(),
+            source: e,
+        })?;
         let mut q = self.qmp(p, spec)?;
         // Stopped first, the guest dirties nothing: one pass, and the stream
         // records `paused`, so the restored QEMU waits for our `cont`.
@@ -251,11 +325,11 @@ impl Vmm for Qemu {
             "migrate-set-parameters",
             Some(serde_json::json!({ "max-bandwidth": 1u64 << 40 })),
         )?;
+        q.pass_fd(MIGRATION_FD, file.as_fd())?;
+        drop(file);
         q.execute(
             "migrate",
-            Some(serde_json::json!({
-                "uri": format!("exec:cat > {}", shell_quote(&state.display().to_string()))
-            })),
+            Some(serde_json::json!({ "uri": format!("fd:{MIGRATION_FD}") })),
         )?;
         q.wait_migration(MIGRATION_TIMEOUT)?;
         // The guest stays stopped: QEMU exits, the snapshot is the VM now.
@@ -283,13 +357,26 @@ impl Vmm for Qemu {
     fn restore(&self, spec: &VmSpec, snap: &SnapshotMeta) -> Result<VmmProcess> {
         snap.check_compatible(VmmKind::Qemu, &self.version()?, &self.snapshot_format())?;
         snap.check_spec(spec)?;
-        let p = self.spawn(spec, self.restore_args(spec, &snap.file(STATE_FILE)))?;
+        let state = snap.file(STATE_FILE);
+        let file = std::fs::File::open(&state).map_err(|e| VmmError::File {
+            what: "migration stream",
+            path: state.clone(),
+            source: e,
+        })?;
+        let p = self.spawn(spec, self.restore_args(spec, &vmm_user()?))?;
         let marker = spec.dir.display().to_string();
         let fail = |e: VmmError| {
             let _ = process::stop(p.pid, &marker, Duration::from_secs(2));
             e
         };
         let mut q = self.qmp(&p, spec).map_err(fail)?;
+        q.pass_fd(MIGRATION_FD, file.as_fd()).map_err(fail)?;
+        drop(file);
+        q.execute(
+            "migrate-incoming",
+            Some(serde_json::json!({ "uri": format!("fd:{MIGRATION_FD}") })),
+        )
+        .map_err(fail)?;
         let start = Instant::now();
         loop {
             let st = q.status().map_err(fail)?;
@@ -343,12 +430,16 @@ mod tests {
 
     #[test]
     fn command_line_has_readonly_root_vnet_hdr_and_console_file() {
-        let a = Qemu::new(Accel::Tcg).args(&spec()).join(" ");
+        let a = Qemu::new(Accel::Tcg).args(&spec(), "polydev-vmm").join(" ");
         assert!(
             a.contains("file=/i/rootfs.ext4,format=raw,if=none,readonly=on"),
             "{a}"
         );
         assert!(a.contains("vnet_hdr=on"), "{a}");
+        assert!(
+            a.contains("state.ext4,format=raw,if=none,cache=unsafe,auto-read-only=off"),
+            "an unprivileged QEMU cannot reopen the state disk when a migration deactivates it: {a}"
+        );
         assert!(
             a.contains(
                 "-chardev file,id=serial0,path=/var/lib/polydev/vms/vm_1/console.log,append=on -serial chardev:serial0"
@@ -361,25 +452,44 @@ mod tests {
         assert!(a.contains("ip=169.254.0.22::169.254.0.21"), "{a}");
         assert!(a.contains("server=on,wait=off"), "{a}");
         assert!(
-            a.ends_with(&format!("-sandbox {SANDBOX}")),
-            "QEMU runs with its seccomp filter: {a}"
+            a.ends_with(&format!("-runas polydev-vmm -sandbox {SANDBOX}")),
+            "QEMU drops to its account, under its seccomp filter: {a}"
         );
+        assert!(SANDBOX.contains("spawn=deny"), "{SANDBOX}");
         assert!(a.contains("systemd.mask=x.service"), "{a}");
         // The root disk is declared before the state disk: vda, then vdb.
         assert!(a.find("drive=root").unwrap() < a.find("drive=state").unwrap());
-        let k = Qemu::new(Accel::Kvm).args(&spec()).join(" ");
+        let k = Qemu::new(Accel::Kvm).args(&spec(), "nobody").join(" ");
         assert!(k.contains("-accel kvm -cpu host"), "{k}");
     }
 
     #[test]
     fn a_restore_appends_to_the_same_console() {
         let q = Qemu::new(Accel::Tcg);
-        let r = q.restore_args(&spec(), Path::new("/s/qemu-state.migration"));
-        let boot = q.args(&spec());
+        let r = q.restore_args(&spec(), "polydev-vmm");
+        let boot = q.args(&spec(), "polydev-vmm");
         assert_eq!(&r[..boot.len()], &boot[..]);
-        assert_eq!(
-            r[boot.len()..].join(" "),
-            "-S -incoming exec:cat '/s/qemu-state.migration'"
-        );
+        // The stream arrives later as a descriptor: nothing is run to read it.
+        assert_eq!(r[boot.len()..].join(" "), "-S -incoming defer");
+    }
+
+    #[test]
+    fn qemu_runs_as_an_unprivileged_account() {
+        let accounts = |names: &'static [(&'static str, u32)]| {
+            move |n: &str| names.iter().find(|(a, _)| *a == n).map(|(_, u)| *u)
+        };
+        let both = accounts(&[("root", 0), ("nobody", 65534), ("polydev-vmm", 998)]);
+        assert_eq!(choose_user(None, both).unwrap(), "polydev-vmm");
+        let no_own = accounts(&[("root", 0), ("nobody", 65534)]);
+        assert_eq!(choose_user(None, no_own).unwrap(), "nobody");
+        assert_eq!(choose_user(Some("nobody"), both).unwrap(), "nobody");
+        let e = choose_user(Some("root"), both).unwrap_err().to_string();
+        assert!(e.contains("uid 0"), "{e}");
+        let e = choose_user(Some("qemu"), both).unwrap_err().to_string();
+        assert!(e.contains("no account \"qemu\""), "{e}");
+        let e = choose_user(None, accounts(&[("root", 0)]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("POLYDEV_VMM_USER"), "{e}");
     }
 }

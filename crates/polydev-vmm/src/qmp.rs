@@ -1,7 +1,9 @@
 //! A small blocking QMP client: connect to QEMU's control socket, read the
 //! greeting, negotiate capabilities, and run one command at a time, skipping
 //! the asynchronous events QEMU interleaves with answers. QMP errors become
-//! [`VmmError::Api`] carrying QEMU's own `desc`.
+//! [`VmmError::Api`] carrying QEMU's own `desc`. A command may carry an open
+//! file descriptor (`SCM_RIGHTS`), as `getfd` expects: that is how a QEMU
+//! that has dropped its privileges is handed a file it could not open.
 
 use crate::{Result, VmmError, VmmKind};
 use serde_json::{json, Value};
@@ -81,18 +83,39 @@ impl Qmp {
 
     /// Runs `command` with optional `arguments`; returns its `return` value.
     pub fn execute(&mut self, command: &str, arguments: Option<Value>) -> Result<Value> {
+        self.execute_passing(command, arguments, None)
+    }
+
+    /// Hands QEMU a duplicate of `fd` under `name` (`getfd`): later commands
+    /// name it as `fd:NAME` (`migrate`, `migrate-incoming`). QEMU keeps its
+    /// own copy; the caller may close `fd` afterwards.
+    pub fn pass_fd(&mut self, name: &str, fd: std::os::fd::BorrowedFd<'_>) -> Result<()> {
+        self.execute_passing("getfd", Some(json!({ "fdname": name })), Some(fd))
+            .map(drop)
+    }
+
+    fn execute_passing(
+        &mut self,
+        command: &str,
+        arguments: Option<Value>,
+        fd: Option<std::os::fd::BorrowedFd<'_>>,
+    ) -> Result<Value> {
         let mut msg = json!({ "execute": command });
         if let Some(a) = arguments {
             msg["arguments"] = a;
         }
         let mut line = msg.to_string();
         line.push('\n');
-        self.writer
-            .write_all(line.as_bytes())
-            .map_err(|e| VmmError::Control {
-                path: self.path.clone(),
-                detail: format!("sending {command}: {e}"),
-            })?;
+        let sent = match fd {
+            // The descriptor travels with the command's first bytes.
+            Some(fd) => send_with_fd(&self.writer, line.as_bytes(), fd)
+                .and_then(|n| self.writer.write_all(&line.as_bytes()[n..])),
+            None => self.writer.write_all(line.as_bytes()),
+        };
+        sent.map_err(|e| VmmError::Control {
+            path: self.path.clone(),
+            detail: format!("sending {command}: {e}"),
+        })?;
         loop {
             let m = self.read_message()?;
             if let Some(r) = m.get("return") {
@@ -154,6 +177,52 @@ impl Qmp {
     }
 }
 
+/// Sends (some of) `bytes` on `sock` with `fd` attached as `SCM_RIGHTS`;
+/// returns how many bytes went.
+fn send_with_fd(
+    sock: &UnixStream,
+    bytes: &[u8],
+    fd: std::os::fd::BorrowedFd<'_>,
+) -> std::io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    let raw: libc::c_int = fd.as_raw_fd();
+    // SAFETY: CMSG_SPACE and CMSG_LEN are pure computations on a size.
+    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<libc::c_int>() as u32) } as usize;
+    // u64 elements keep the control buffer aligned for `cmsghdr`.
+    let mut control = vec![0u64; space.div_ceil(8)];
+    let mut iov = libc::iovec {
+        iov_base: bytes.as_ptr() as *mut libc::c_void,
+        iov_len: bytes.len(),
+    };
+    // SAFETY: an all-zero msghdr is a valid empty message.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
+    msg.msg_controllen = space as _;
+    // SAFETY: `msg` points at `control`, which has room for one cmsghdr with
+    // one int (CMSG_SPACE above); CMSG_FIRSTHDR is therefore non-null, and
+    // every pointer stays valid for the duration of the sendmsg call.
+    unsafe {
+        let c = libc::CMSG_FIRSTHDR(&msg);
+        (*c).cmsg_level = libc::SOL_SOCKET;
+        (*c).cmsg_type = libc::SCM_RIGHTS;
+        (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<libc::c_int>() as u32) as _;
+        std::ptr::write_unaligned(libc::CMSG_DATA(c) as *mut libc::c_int, raw);
+    }
+    loop {
+        // SAFETY: as above; `msg` and what it points at outlive the call.
+        let n = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -206,6 +275,79 @@ mod tests {
         assert_eq!(
             t.join().unwrap(),
             ["qmp_capabilities", "query-status", "cont"]
+        );
+    }
+
+    /// `getfd`: the descriptor arrives with the command, in the other
+    /// process, and writes into the caller's file.
+    #[test]
+    fn passes_a_descriptor_with_getfd() {
+        use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+        let d = tempfile::tempdir().unwrap();
+        let sock = d.path().join("qmp.sock");
+        let l = UnixListener::bind(&sock).unwrap();
+        let t = std::thread::spawn(move || {
+            let (s, _) = l.accept().unwrap();
+            let mut w = s.try_clone().unwrap();
+            writeln!(w, r#"{{"QMP": {{"version": {{}}, "capabilities": []}}}}"#).unwrap();
+            let mut got = Vec::new();
+            let mut pending = Vec::new();
+            loop {
+                // recvmsg, byte stream plus any SCM_RIGHTS descriptor.
+                let mut buf = [0u8; 512];
+                let mut control = [0u64; 8];
+                let mut iov = libc::iovec {
+                    iov_base: buf.as_mut_ptr() as *mut libc::c_void,
+                    iov_len: buf.len(),
+                };
+                let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+                msg.msg_iov = &mut iov;
+                msg.msg_iovlen = 1;
+                msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
+                msg.msg_controllen = std::mem::size_of_val(&control) as _;
+                let n = unsafe { libc::recvmsg(s.as_raw_fd(), &mut msg, 0) };
+                assert!(n >= 0);
+                if n == 0 {
+                    break;
+                }
+                let mut fd = None;
+                unsafe {
+                    let c = libc::CMSG_FIRSTHDR(&msg);
+                    if !c.is_null() && (*c).cmsg_type == libc::SCM_RIGHTS {
+                        let raw =
+                            std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const libc::c_int);
+                        fd = Some(OwnedFd::from_raw_fd(raw));
+                    }
+                }
+                pending.extend_from_slice(&buf[..n as usize]);
+                while let Some(i) = pending.iter().position(|b| *b == b'\n') {
+                    let line: Vec<u8> = pending.drain(..=i).collect();
+                    let v: Value = serde_json::from_slice(&line).unwrap();
+                    if v["execute"] == "getfd" {
+                        let mut f =
+                            std::fs::File::from(fd.take().expect("getfd without a descriptor"));
+                        f.write_all(b"written by the other side").unwrap();
+                    }
+                    got.push(v);
+                    writeln!(w, r#"{{"return": {{}}}}"#).unwrap();
+                }
+            }
+            got
+        });
+        let mut q = Qmp::connect(&sock, Duration::from_secs(5)).unwrap();
+        let file = d.path().join("state");
+        let f = std::fs::File::create(&file).unwrap();
+        q.pass_fd("snapshot", f.as_fd()).unwrap();
+        drop(f);
+        q.execute("query-status", None).unwrap();
+        drop(q);
+        let got = t.join().unwrap();
+        assert_eq!(got[1]["execute"], "getfd");
+        assert_eq!(got[1]["arguments"]["fdname"], "snapshot");
+        assert_eq!(got[2]["execute"], "query-status");
+        assert_eq!(
+            std::fs::read_to_string(&file).unwrap(),
+            "written by the other side"
         );
     }
 }

@@ -35,6 +35,12 @@ enum Command {
         #[command(subcommand)]
         command: cmd::vm::VmCommand,
     },
+    /// Dashboard accounts: create (the first admin too), ls, disable,
+    /// enable, reset-password.
+    User {
+        #[command(subcommand)]
+        command: cmd::user::UserCommand,
+    },
     /// Manage API keys.
     Apikey {
         #[command(subcommand)]
@@ -75,6 +81,7 @@ fn main() -> std::process::ExitCode {
             Command::Image { command } => cmd::image::image(command).await,
             Command::Vm { command } => cmd::vm::run(command).await,
             Command::Apikey { command } => cmd::apikey::run(command).await,
+            Command::User { command } => cmd::user::run(command).await,
             Command::Vault { command } => cmd::vault::run(command).await,
             Command::Doctor(c) => cmd::doctor::run(c).await,
             Command::Bench(a) => cmd::bench::run(a).await,

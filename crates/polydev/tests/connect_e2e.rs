@@ -21,26 +21,13 @@
 //! is gone.
 
 mod common;
-use common::connect::{browser_vm, cdp, exec, wait_browser_vm_gone, wait_status};
+use common::connect::{browser_vm, cdp, exec, standin_image, wait_browser_vm_gone, wait_status};
 use common::internet::TestInternet;
 use common::{token_of, Controller};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
 const USER: &str = "e2e-user";
-
-fn standin_image() -> String {
-    let out = std::process::Command::new(common::BIN)
-        .args(["image", "standins"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "polydev image standins failed (is the browser image built?): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
 
 /// Signs in on the stand-in's page in the VM's Chromium and approves.
 fn approve_in_chromium(ns: &str, token: &str, auth_url: &str) {

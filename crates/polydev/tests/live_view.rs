@@ -11,10 +11,9 @@
 //! its Chromium on the screen (`awaiting_user_auth`).
 
 mod common;
-use common::connect::{browser_vm, cdp, exec, wait_status};
-use common::{token_of, Controller};
+use common::connect::{assert_chromium_sandboxed, browser_vm, cdp, exec, wait_status};
+use common::{browser_dir, npm_ready, token_of, Controller};
 use serde_json::{json, Value};
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -31,32 +30,6 @@ m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\nc=IN IP4 0.0.0.0\r\na=ice-uf
 a=ice-pwd:Q8hWnZ0bV7c3bYl2mF1JmV5X\r\na=ice-options:trickle\r\n\
 a=fingerprint:sha-256 3B:6D:A1:7E:2F:90:45:0C:11:8B:4E:99:CF:12:A0:5D:6E:77:81:3A:BC:DE:F0:12:34:56:78:9A:BC:DE:F0:12\r\n\
 a=setup:actpass\r\na=mid:1\r\na=sctp-port:5000\r\na=max-message-size:262144\r\n";
-
-fn browser_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser")
-}
-
-/// `npm ci` in `tests/browser` when playwright-core is not installed yet.
-fn npm_ready() {
-    let dir = browser_dir();
-    if dir
-        .join("node_modules/playwright-core/package.json")
-        .exists()
-    {
-        return;
-    }
-    let out = Command::new("npm")
-        .args(["ci", "--no-audit", "--no-fund"])
-        .current_dir(&dir)
-        .output()
-        .expect("running npm (Node.js is needed for the browser tests)");
-    assert!(
-        out.status.success(),
-        "npm ci in {}: {}",
-        dir.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// Runs a script of `tests/browser` with Node (bounded); returns its last
 /// line as JSON and whether it exited 0.
@@ -497,6 +470,8 @@ fn novnc_and_signaling_through_the_controller() {
     eprintln!("session {sid} awaiting_user_auth; authUrl {}", s["authUrl"]);
     let vm = s["browserVmId"].as_str().unwrap().to_string();
     let agent = token_of(&c, &vm);
+    // The guest's Chromium runs with its own sandbox (no warning bar).
+    assert_chromium_sandboxed(&ns, &agent, Duration::from_secs(300));
 
     // The offer given at start was handed to the VM once it was ready:
     // answered by the guest's streamer, with the relay's address.

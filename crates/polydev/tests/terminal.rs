@@ -11,7 +11,7 @@
 //! `polydev image build minimal`), given as `POLYDEV_ROOTFS`.
 
 mod common;
-use common::Controller;
+use common::{browser_dir, npm_ready, Controller};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -37,31 +37,6 @@ fn minimal_image() -> Option<PathBuf> {
         .iter()
         .any(|p| p.name == "tmux")
         .then_some(img.path)
-}
-
-fn browser_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser")
-}
-
-/// `npm ci` in `tests/browser` when playwright-core is not installed yet.
-fn npm_ready() {
-    let dir = browser_dir();
-    if dir
-        .join("node_modules/playwright-core/package.json")
-        .exists()
-    {
-        return;
-    }
-    let out = Command::new("npm")
-        .args(["ci", "--no-audit", "--no-fund"])
-        .current_dir(&dir)
-        .output()
-        .expect("running npm (Node.js is needed for the browser tests)");
-    assert!(
-        out.status.success(),
-        "npm ci: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// Runs a script of `tests/browser` with Node (bounded); its last line as JSON.

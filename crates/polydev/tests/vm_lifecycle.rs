@@ -26,6 +26,38 @@ fn assert_gone(c: &Controller, id: &str, netns: &str) {
     );
 }
 
+/// The VMM `pid` runs confined: its seccomp filter is on and it is no longer
+/// root (QEMU drops to its account once it has opened the VM's files).
+fn assert_vmm_confined(pid: i64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| -> Vec<String> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap_or_else(|| panic!("no {name} in /proc/{pid}/status:\n{status}"))
+            .split_whitespace()
+            .map(String::from)
+            .collect()
+    };
+    assert_eq!(
+        field("Seccomp:"),
+        ["2"],
+        "the VMM runs without its seccomp filter:\n{status}"
+    );
+    // Real, effective, saved and file-system ids: none is root.
+    for ids in ["Uid:", "Gid:"] {
+        assert!(
+            field(ids).iter().all(|id| id != "0"),
+            "the VMM still runs as root:\n{status}"
+        );
+    }
+    assert_eq!(
+        field("CapEff:"),
+        ["0000000000000000"],
+        "the VMM kept capabilities:\n{status}"
+    );
+}
+
 #[test]
 fn vm_boots_agent_answers_and_destroy_leaves_nothing() {
     let c = Controller::start(&[]);
@@ -44,16 +76,10 @@ fn vm_boots_agent_answers_and_destroy_leaves_nothing() {
     assert!(v["kernelBootMs"].as_i64().unwrap() > 0, "{v}");
     assert!(v["agentReadyMs"].as_i64().is_some(), "{v}");
 
-    // The VMM is confined: its seccomp filter is on and it sees none of the
-    // controller's environment.
+    // The VMM is confined: its seccomp filter is on, it is not root and it
+    // sees none of the controller's environment.
     let pid = v["vmmPid"].as_i64().unwrap();
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    assert!(
-        status
-            .lines()
-            .any(|l| l.starts_with("Seccomp:") && l.ends_with('2')),
-        "QEMU runs without its seccomp filter:\n{status}"
-    );
+    assert_vmm_confined(pid);
     let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
     let environ = String::from_utf8_lossy(&environ);
     assert!(
@@ -227,6 +253,9 @@ fn vm_hibernates_and_resumes_without_rebooting() {
     let token = token_of(&c, &id);
     let (code, before) = agent_health(&netns, &token);
     assert_eq!(code, 200, "{before}");
+    // Unprivileged QEMU writes its snapshot into a file it cannot open (the
+    // controller hands it the descriptor) and is restored the same way.
+    assert_vmm_confined(v["vmmPid"].as_i64().unwrap());
 
     let (st, h) = c.call("POST", &format!("/api/vms/{id}/hibernate"), None);
     assert_eq!(st, 200, "{h}");
@@ -251,7 +280,22 @@ fn vm_hibernates_and_resumes_without_rebooting() {
     assert_eq!(r["status"], "running");
     let (code, after) = agent_health(&netns, &token);
     assert_eq!(code, 200, "{after}");
+    let resumed = c.vm(&id)["vmmPid"].as_i64().unwrap();
+    assert_ne!(Some(resumed), v["vmmPid"].as_i64(), "a new VMM restored it");
+    assert_vmm_confined(resumed);
     common::connect::assert_guest_clock_near_host(&netns, &token, 10);
+    // The restored QEMU still writes the VM's disk (opened before the drop).
+    let (code, out, err) = common::connect::exec(
+        &netns,
+        &token,
+        &[
+            "sh",
+            "-c",
+            "echo resumed > /var/tmp/after-resume && sync && cat /var/tmp/after-resume",
+        ],
+        None,
+    );
+    assert_eq!((code, out.trim()), (0, "resumed"), "{err}");
     let uptime = |body: &str| -> u64 {
         let json = &body[body.find('{').unwrap()..];
         serde_json::from_str::<serde_json::Value>(json).unwrap()["uptimeMs"]

@@ -12,10 +12,12 @@ use polydev_store::AuthSession;
 /// An authenticated live-view caller.
 #[derive(Debug, Clone)]
 pub enum Caller {
-    /// An operator API key (acts for every user, like the rest of the API).
+    /// An API key (an operator's acts for every user, a user's for one).
     ApiKey {
         /// The key's id.
         key_id: String,
+        /// Whom it acts for.
+        who: crate::auth::Caller,
     },
     /// A view token: one session, one user, until it expires.
     Viewer(Claims),
@@ -67,9 +69,10 @@ pub async fn caller(
             .map(Caller::Viewer)
             .map_err(token_error);
     }
-    let found = crate::auth::check_key(&live.app, presented).await?;
+    let who = crate::auth::check_key(&live.app, presented).await?;
     Ok(Caller::ApiKey {
-        key_id: found.key_id,
+        key_id: who.label(),
+        who,
     })
 }
 
@@ -88,8 +91,11 @@ pub async fn session_for(live: &Live, caller: &Caller, id: &str) -> Result<AuthS
         .get_auth_session(id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no sign-in session {id}")))?;
-    if let Caller::Viewer(c) = caller {
-        c.check_for(id, &s.user_id).map_err(token_error)?;
+    match caller {
+        Caller::Viewer(c) => c.check_for(id, &s.user_id).map_err(token_error)?,
+        Caller::ApiKey { who, .. } => {
+            who.owns(&s.user_id, || format!("no sign-in session {id}"))?
+        }
     }
     Ok(s)
 }
@@ -132,7 +138,16 @@ pub fn origin_of(url: &str) -> Option<String> {
 /// The controller's base URL for links it hands out: `POLYDEV_PUBLIC_URL`,
 /// else `http://<Host header>`.
 pub fn base_url(live: &Live, headers: &HeaderMap) -> String {
-    if let Some(u) = &live.cfg().public_url {
+    base_url_in(live.cfg(), live.app.runtime.config().listen, headers)
+}
+
+/// [`base_url`] from the live-view settings and the listen address.
+pub fn base_url_in(
+    cfg: &crate::config::LiveConfig,
+    listen: std::net::SocketAddr,
+    headers: &HeaderMap,
+) -> String {
+    if let Some(u) = &cfg.public_url {
         return u.clone();
     }
     let host = headers
@@ -140,15 +155,20 @@ pub fn base_url(live: &Live, headers: &HeaderMap) -> String {
         .and_then(|h| h.to_str().ok())
         .filter(|h| !h.is_empty() && !h.contains(['/', ' ', '@']))
         .map(str::to_string)
-        .unwrap_or_else(|| live.app.runtime.config().listen.to_string());
+        .unwrap_or_else(|| listen.to_string());
     format!("http://{host}")
 }
 
 /// The origins a page may have to use the live view: the controller's own
 /// (`POLYDEV_PUBLIC_URL`, or `http(s)://<Host>`) and `POLYDEV_ALLOWED_ORIGINS`.
 pub fn allowed_origins(live: &Live, headers: &HeaderMap) -> Vec<String> {
+    allowed_origins_in(live.cfg(), headers)
+}
+
+/// [`allowed_origins`] from the live-view settings alone.
+pub fn allowed_origins_in(cfg: &crate::config::LiveConfig, headers: &HeaderMap) -> Vec<String> {
     let mut v: Vec<String> = Vec::new();
-    match live.cfg().public_url.as_deref().and_then(origin_of) {
+    match cfg.public_url.as_deref().and_then(origin_of) {
         Some(o) => v.push(o),
         None => {
             if let Some(h) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) {
@@ -158,12 +178,7 @@ pub fn allowed_origins(live: &Live, headers: &HeaderMap) -> Vec<String> {
             }
         }
     }
-    v.extend(
-        live.cfg()
-            .allowed_origins
-            .iter()
-            .filter_map(|o| origin_of(o)),
-    );
+    v.extend(cfg.allowed_origins.iter().filter_map(|o| origin_of(o)));
     v
 }
 

@@ -204,7 +204,14 @@ mod tests {
         let mut cfg = LiveConfig::default();
         cfg.turn_ttl = std::time::Duration::from_secs(3600);
         let now = 1_000_000;
-        let key = access::Caller::ApiKey { key_id: "k".into() };
+        let key = access::Caller::ApiKey {
+            key_id: "k".into(),
+            who: crate::auth::Caller {
+                key_id: Some("k".into()),
+                user_id: None,
+                admin: true,
+            },
+        };
         assert_eq!(turn_expiry(&cfg, &key, now), Some(now + 3600));
         assert_eq!(
             turn_expiry(&cfg, &viewer(now as i64 + 300, false), now),

@@ -117,6 +117,7 @@ pub fn ws_path(session_id: &str, token: &str) -> String {
 /// session and the URLs that use it.
 pub async fn mint(
     State(live): State<Arc<Live>>,
+    axum::Extension(caller): axum::Extension<crate::auth::Caller>,
     Path(id): Path<String>,
     headers: HeaderMap,
     q: Result<Query<MintQuery>, axum::extract::rejection::QueryRejection>,
@@ -128,6 +129,7 @@ pub async fn mint(
         .get_auth_session(&id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no sign-in session {id}")))?;
+    caller.owns(&s.user_id, || format!("no sign-in session {id}"))?;
     if s.status.is_terminal() {
         return Err(ApiError::new(
             StatusCode::CONFLICT,

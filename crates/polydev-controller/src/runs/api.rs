@@ -96,10 +96,12 @@ fn new_run_id() -> String {
 /// `POST /api/runs`.
 pub async fn create(
     State(s): State<AppState>,
+    axum::Extension(caller): axum::Extension<crate::auth::Caller>,
     body: Result<Json<CreateRun>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(b) = body?;
     crate::api::validate_user_id(&b.user_id)?;
+    caller.act_for(&b.user_id)?;
     let p: Provider = b
         .provider
         .parse()
@@ -208,20 +210,27 @@ pub async fn create(
         .into_response())
 }
 
-async fn find(s: &AppState, id: &str) -> Result<RunRecord, ApiError> {
-    s.runtime
+/// The run `id` if the caller sees it; 404 alike for another user's run
+/// and for none.
+async fn find(s: &AppState, caller: &crate::auth::Caller, id: &str) -> Result<RunRecord, ApiError> {
+    let missing = || format!("no run with id {id}");
+    let r = s
+        .runtime
         .store()
         .get_run(id)
         .await?
-        .ok_or_else(|| ApiError::not_found(format!("no run with id {id}")))
+        .ok_or_else(|| ApiError::not_found(missing()))?;
+    caller.owns(&r.user_id, missing)?;
+    Ok(r)
 }
 
 /// `GET /api/runs/:id`.
 pub async fn get(
     State(s): State<AppState>,
+    axum::Extension(caller): axum::Extension<crate::auth::Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    Ok(Json(run_json(&find(&s, &id).await?)))
+    Ok(Json(run_json(&find(&s, &caller, &id).await?)))
 }
 
 /// `GET /api/runs` query.
@@ -236,18 +245,16 @@ pub struct ListQuery {
 /// `GET /api/runs?userId=&limit=`: newest first.
 pub async fn list(
     State(s): State<AppState>,
+    axum::Extension(caller): axum::Extension<crate::auth::Caller>,
     q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
     if let Some(u) = &q.user_id {
         crate::api::validate_user_id(u)?;
     }
+    let scope = caller.list_scope(q.user_id.as_deref())?;
     let limit = q.limit.unwrap_or(50).clamp(1, 500);
-    let runs = s
-        .runtime
-        .store()
-        .list_runs(q.user_id.as_deref(), limit)
-        .await?;
+    let runs = s.runtime.store().list_runs(scope.as_deref(), limit).await?;
     Ok(Json(
         json!({"runs": runs.iter().map(run_json).collect::<Vec<_>>()}),
     ))
@@ -256,9 +263,10 @@ pub async fn list(
 /// `POST /api/runs/:id/cancel`.
 pub async fn cancel(
     State(s): State<AppState>,
+    axum::Extension(caller): axum::Extension<crate::auth::Caller>,
     Path(id): Path<String>,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
-    let r = find(&s, &id).await?;
+    let r = find(&s, &caller, &id).await?;
     if r.status.is_terminal() {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -267,7 +275,7 @@ pub async fn cancel(
         ));
     }
     s.runs.cancel(&id).await.map_err(ApiError::internal)?;
-    let r = find(&s, &id).await?;
+    let r = find(&s, &caller, &id).await?;
     Ok((StatusCode::ACCEPTED, Json(run_json(&r))))
 }
 
@@ -285,12 +293,13 @@ pub struct EventsQuery {
 /// `event` (its kind) and `data` (JSON, with the CLI's raw line).
 pub async fn events(
     State(s): State<AppState>,
+    axum::Extension(caller): axum::Extension<crate::auth::Caller>,
     Path(id): Path<String>,
     headers: HeaderMap,
     q: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    find(&s, &id).await?;
+    find(&s, &caller, &id).await?;
     let header = headers
         .get("last-event-id")
         .map(|v| {

@@ -61,6 +61,11 @@ pub struct Args {
     /// is booted).
     #[arg(long)]
     api: bool,
+    /// Instead of the boot figures: what the dashboard's pages cost the
+    /// server, each against the JSON endpoint behind it, under `wrk` with a
+    /// session cookie (uses `--api-connections` and `--api-secs`).
+    #[arg(long)]
+    pages: bool,
     /// With `--api`: connections held open at once.
     #[arg(long, default_value_t = 32)]
     api_connections: u32,
@@ -171,6 +176,9 @@ fn report(title: &str, samples: &[Sample]) {
 pub async fn run(a: Args) -> anyhow::Result<()> {
     if a.api {
         return super::bench_api::run(a.api_connections.max(1), a.api_secs.max(1)).await;
+    }
+    if a.pages {
+        return super::bench_pages::run(a.api_connections.max(1), a.api_secs.max(1)).await;
     }
     let mut cfg = a.common.config();
     cfg.cli_size = polydev_controller::config::VmSize {

@@ -67,6 +67,17 @@ pub fn parse_wrk(out: &str) -> Option<Load> {
 }
 
 fn wrk(url: &str, key: Option<&str>, connections: u32, secs: u64) -> anyhow::Result<Load> {
+    let auth = key.map(|k| format!("Authorization: Bearer {k}"));
+    wrk_with(url, auth.as_deref(), connections, secs)
+}
+
+/// `wrk` on `url` with one extra request header (`Name: value`).
+pub fn wrk_with(
+    url: &str,
+    header: Option<&str>,
+    connections: u32,
+    secs: u64,
+) -> anyhow::Result<Load> {
     let mut cmd = Command::new("wrk");
     cmd.args([
         "-t2",
@@ -74,8 +85,8 @@ fn wrk(url: &str, key: Option<&str>, connections: u32, secs: u64) -> anyhow::Res
         &format!("-d{secs}s"),
         "--latency",
     ]);
-    if let Some(k) = key {
-        cmd.args(["-H", &format!("Authorization: Bearer {k}")]);
+    if let Some(h) = header {
+        cmd.args(["-H", h]);
     }
     let out = cmd
         .arg(url)
@@ -90,10 +101,35 @@ fn wrk(url: &str, key: Option<&str>, connections: u32, secs: u64) -> anyhow::Res
     parse_wrk(&text).with_context(|| format!("reading wrk's output:\n{text}"))
 }
 
-struct Server {
-    child: Child,
-    _table: super::common::HostTable,
-    _dir: tempfile::TempDir,
+/// A `polydev serve` of a benchmark; killed, and its host table removed,
+/// when dropped.
+pub struct Server {
+    /// The process.
+    pub child: Child,
+    /// Its host firewall table, removed on drop.
+    pub _table: super::common::HostTable,
+    /// Its data directory.
+    pub _dir: tempfile::TempDir,
+}
+
+impl Server {
+    /// `polydev serve` over `dir` on `port`, its log in `dir/controller.log`.
+    pub fn start(dir: tempfile::TempDir, port: u16) -> anyhow::Result<Server> {
+        let log = std::fs::File::create(dir.path().join("controller.log"))?;
+        let child = polydev(dir.path(), port)
+            .arg("serve")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        let tag =
+            polydev_controller::config::Config::with_data_dir(dir.path().to_path_buf()).host_tag();
+        Ok(Server {
+            child,
+            _table: super::common::HostTable(tag),
+            _dir: dir,
+        })
+    }
 }
 
 impl Drop for Server {
@@ -103,7 +139,9 @@ impl Drop for Server {
     }
 }
 
-fn polydev(dir: &std::path::Path, port: u16) -> Command {
+/// `polydev` (this executable) with a benchmark's environment: its data
+/// directory and port, no egress uplink, TCG.
+pub fn polydev(dir: &std::path::Path, port: u16) -> Command {
     let exe = std::env::current_exe().unwrap_or_else(|_| "polydev".into());
     let mut c = Command::new(exe);
     c.env("POLYDEV_DATA_DIR", dir)
@@ -167,20 +205,7 @@ pub async fn run(connections: u32, secs: u64) -> anyhow::Result<()> {
         )
         .await?;
     store.close().await;
-    let log = std::fs::File::create(dir.path().join("controller.log"))?;
-    let child = polydev(dir.path(), port)
-        .arg("serve")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .spawn()?;
-    let tag =
-        polydev_controller::config::Config::with_data_dir(dir.path().to_path_buf()).host_tag();
-    let server = Server {
-        child,
-        _table: super::common::HostTable(tag),
-        _dir: dir,
-    };
+    let server = Server::start(dir, port)?;
     let base = format!("http://127.0.0.1:{port}");
     let t = Instant::now();
     loop {

@@ -102,6 +102,8 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     cfg.runs = polydev_controller::runs::RunsConfig::from_env().map_err(anyhow::Error::msg)?;
     cfg.admission =
         polydev_controller::admission::AdmissionConfig::from_env().map_err(anyhow::Error::msg)?;
+    cfg.accounts =
+        polydev_controller::accounts::AccountsConfig::from_env().map_err(anyhow::Error::msg)?;
     cfg.console = polydev_vmm::console::Limits {
         head: a.console_head_bytes,
         // A boot's last lines (readiness, a panic) must fit.

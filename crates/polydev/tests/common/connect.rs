@@ -122,6 +122,74 @@ pub fn wait_browser_vm_gone(c: &Controller, vm: &str, ns: &str) {
     }
 }
 
+/// In the guest: one line per process of Chromium's binary, `PID SECCOMP
+/// USER-NAMESPACE COMMAND-LINE`, then `init USER-NAMESPACE` for the guest's
+/// own user namespace.
+const CHROMIUM_PROCESSES: &str = r#"for p in /proc/[0-9]*; do
+  c=$(tr '\0' ' ' < "$p/cmdline" 2>/dev/null) || continue
+  case "$c" in
+    /usr/lib/chromium/chromium*)
+      s=$(sed -n 's/^Seccomp:[[:space:]]*//p' "$p/status" 2>/dev/null)
+      echo "${p#/proc/} $s $(readlink "$p/ns/user") $c" ;;
+  esac
+done
+echo "init $(readlink /proc/1/ns/user)""#;
+
+/// Asserts that the guest's Chromium runs with its own sandbox: no
+/// `--no-sandbox` on any of its command lines, and its renderers under a
+/// seccomp filter (`Seccomp: 2`) in a user namespace of their own. Waits up
+/// to `timeout` for a renderer to exist.
+pub fn assert_chromium_sandboxed(ns: &str, token: &str, timeout: Duration) {
+    let start = Instant::now();
+    loop {
+        let (code, out, err) = exec(ns, token, &["sh", "-c", CHROMIUM_PROCESSES], None);
+        assert_eq!(code, 0, "{err}");
+        let init_ns = out
+            .lines()
+            .find_map(|l| l.strip_prefix("init "))
+            .unwrap_or_default()
+            .to_string();
+        let procs: Vec<Vec<&str>> = out
+            .lines()
+            .filter(|l| !l.starts_with("init "))
+            .map(|l| l.splitn(4, ' ').collect())
+            .collect();
+        let renderers: Vec<&Vec<&str>> = procs
+            .iter()
+            .filter(|p| p.len() == 4 && p[3].contains("--type=renderer"))
+            .collect();
+        if renderers.is_empty() {
+            assert!(
+                start.elapsed() < timeout,
+                "no Chromium renderer in the guest after {:?}:\n{out}",
+                start.elapsed()
+            );
+            std::thread::sleep(Duration::from_secs(2));
+            continue;
+        }
+        assert!(
+            procs
+                .iter()
+                .any(|p| p.len() == 4 && !p[3].contains("--type=")),
+            "no Chromium browser process:\n{out}"
+        );
+        for p in &procs {
+            assert!(
+                !p.join(" ").contains("--no-sandbox"),
+                "Chromium runs without its sandbox:\n{out}"
+            );
+        }
+        for r in renderers {
+            assert_eq!(r[1], "2", "a renderer without its seccomp filter:\n{out}");
+            assert!(
+                !init_ns.is_empty() && r[2] != init_ns,
+                "a renderer in the guest's own user namespace (no namespace sandbox):\n{out}"
+            );
+        }
+        return;
+    }
+}
+
 /// Asserts that the guest's wall clock is within `slack_s` seconds of the host's.
 pub fn assert_guest_clock_near_host(ns: &str, token: &str, slack_s: i64) {
     let (code, out, err) = exec(ns, token, &["date", "+%s"], None);
@@ -136,4 +204,19 @@ pub fn assert_guest_clock_near_host(ns: &str, token: &str, slack_s: i64) {
         "the guest's clock is {}s off the host's",
         guest - host
     );
+}
+
+/// The stand-in test image (`polydev image standins`: the browser image
+/// whose CLIs sign in against the OAuth stand-in), built if needed.
+pub fn standin_image() -> String {
+    let out = std::process::Command::new(super::BIN)
+        .args(["image", "standins"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "polydev image standins failed (is the browser image built?): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }

@@ -8,6 +8,33 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod connect;
+
+/// `tests/browser`: the scripts that drive headless Chromium.
+pub fn browser_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser")
+}
+
+/// `npm ci` in `tests/browser` when playwright-core is not installed yet.
+pub fn npm_ready() {
+    let dir = browser_dir();
+    if dir
+        .join("node_modules/playwright-core/package.json")
+        .exists()
+    {
+        return;
+    }
+    let out = Command::new("npm")
+        .args(["ci", "--no-audit", "--no-fund"])
+        .current_dir(&dir)
+        .output()
+        .expect("running npm (Node.js is needed for the browser tests)");
+    assert!(
+        out.status.success(),
+        "npm ci in {}: {}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
 pub mod internet;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_polydev");
