@@ -10,7 +10,8 @@
 //! stand-in: real resolvers, sites and proxies speak the same protocols.
 //!
 //! Nothing leaves the machine: the namespace has no default route, and the
-//! host routes only 203.0.113.0/24 (and one shared-space address) into it.
+//! host routes only the servers' own addresses into it (each a `/32`, so
+//! other addresses of those ranges keep their usual route).
 //! A watch table counts VM packets forwarded to the host's real default
 //! route (it must stay 0). Dropping it stops the servers and removes the
 //! namespace, the link, the routes and the watch table.
@@ -49,6 +50,19 @@ pub const SINK_ADDR: &str = "203.0.113.60";
 pub const SINK_PORT: u16 = 5001;
 /// Where an extra server of the caller's may listen (`provider.test`).
 pub const EXTRA_ADDR: &str = "203.0.113.40";
+
+/// Every server address inside the namespace: each is routed to it from the
+/// host, one `/32` at a time.
+pub const SERVER_ADDRS: [&str; 8] = [
+    DNS_ADDR,
+    WEB_ADDR,
+    OTHER_ADDR,
+    PROXY_ADDR,
+    DEAD_PROXY_ADDR,
+    DENIED_ADDR,
+    SINK_ADDR,
+    EXTRA_ADDR,
+];
 
 /// The `.test` zone.
 pub fn zone(name: &str) -> Option<Ipv4Addr> {
@@ -155,16 +169,7 @@ impl TestInternet {
         )?;
         must("ip", &["-n", &ns, "link", "set", "inet0", "up"])?;
         must("ip", &["-n", &ns, "link", "set", "lo", "up"])?;
-        for a in [
-            DNS_ADDR,
-            WEB_ADDR,
-            OTHER_ADDR,
-            PROXY_ADDR,
-            DEAD_PROXY_ADDR,
-            DENIED_ADDR,
-            SINK_ADDR,
-            EXTRA_ADDR,
-        ] {
+        for a in SERVER_ADDRS {
             must(
                 "ip",
                 &["-n", &ns, "addr", "add", &format!("{a}/32"), "dev", "lo"],
@@ -184,30 +189,23 @@ impl TestInternet {
                 ],
             )?;
         }
-        must(
-            "ip",
-            &[
-                "route",
-                "replace",
-                "203.0.113.0/24",
-                "via",
-                INET_ADDR,
-                "dev",
-                &uplink,
-            ],
-        )?;
-        must(
-            "ip",
-            &[
-                "route",
-                "replace",
-                &format!("{DENIED_ADDR}/32"),
-                "via",
-                INET_ADDR,
-                "dev",
-                &uplink,
-            ],
-        )?;
+        // One host route per server address, not the whole range: the host
+        // may reach real services at other documentation addresses (a
+        // sandbox's package proxy, say), which must keep working meanwhile.
+        for a in SERVER_ADDRS {
+            must(
+                "ip",
+                &[
+                    "route",
+                    "replace",
+                    &format!("{a}/32"),
+                    "via",
+                    INET_ADDR,
+                    "dev",
+                    &uplink,
+                ],
+            )?;
+        }
         // Packets of VMs forwarded to the host's real uplink, after every
         // filter has had its say: must stay 0.
         if let Some(real) = crate::host::default_route_interface() {
@@ -293,8 +291,9 @@ impl Drop for TestInternet {
             let _ = t.join();
         }
         let _ = crate::nft::delete_table(crate::nft::Target::Host, "ip", &self.watch);
-        let _ = run("ip", &["route", "del", &format!("{DENIED_ADDR}/32")]);
-        let _ = run("ip", &["route", "del", "203.0.113.0/24"]);
+        for a in SERVER_ADDRS {
+            let _ = run("ip", &["route", "del", &format!("{a}/32")]);
+        }
         let _ = run("ip", &["link", "del", &self.uplink]);
         let _ = run("ip", &["netns", "del", &self.ns]);
         if self.ip_forward.trim() == "0" {

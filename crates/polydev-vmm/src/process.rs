@@ -175,7 +175,7 @@ pub fn stop(pid: u32, marker: &str, grace: Duration) -> Result<()> {
 }
 
 /// Process ids of every live process whose command line contains `marker`
-/// (used at start-up to find VMMs no record owns).
+/// (at start-up, the VMMs no record owns; in the soak and the tests, leaks).
 pub fn find_by_marker(marker: &str) -> Vec<u32> {
     let Ok(rd) = std::fs::read_dir("/proc") else {
         return Vec::new();

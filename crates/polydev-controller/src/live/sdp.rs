@@ -104,7 +104,8 @@ pub const MAX_CANDIDATE_BYTES: usize = 1024;
 
 /// Checks an SDP answer a guest's streamer sent, before it is rewritten or
 /// stored: at most [`MAX_ANSWER_BYTES`], starting with `v=0`, no control
-/// characters but line breaks and tabs, at most [`MAX_ANSWER_CANDIDATES`]
+/// characters but line breaks and tabs (a carriage return only before a line
+/// feed), at most [`MAX_ANSWER_CANDIDATES`]
 /// candidate lines of at most [`MAX_CANDIDATE_BYTES`] each.
 pub fn check_answer(sdp: &str) -> Result<(), String> {
     if sdp.len() > MAX_ANSWER_BYTES {
@@ -121,6 +122,11 @@ pub fn check_answer(sdp: &str) -> Result<(), String> {
         .any(|c| c.is_control() && !matches!(c, '\r' | '\n' | '\t'))
     {
         return Err("the SDP answer contains control characters".into());
+    }
+    // A carriage return only ends a line: alone, it would let a parser that
+    // breaks lines at it see lines these checks did not.
+    if sdp.match_indices('\r').any(|(i, _)| sdp.as_bytes().get(i + 1) != Some(&b'\n')) {
+        return Err("the SDP answer has a carriage return that does not end a line".into());
     }
     let candidates: Vec<&str> = sdp
         .lines()
@@ -254,6 +260,10 @@ a=end-of-candidates\r\nm=application 7071 UDP/DTLS/SCTP webrtc-datachannel\r\nc=
         assert!(check_answer(&format!("{ANSWER}{long}")).is_err());
         assert!(check_answer("hello").is_err());
         assert!(check_answer("v=0\r\na=x\u{7}\r\n").is_err());
+        let e = check_answer(&format!("{ANSWER}a=x\ra=candidate:9 1 udp 1 10.0.0.1 1 typ host\r\n"))
+            .unwrap_err();
+        assert!(e.contains("carriage return"), "{e}");
+        check_answer(&ANSWER.replace("\r\n", "\n")).unwrap();
     }
 
     #[test]

@@ -427,14 +427,12 @@ async fn read_stream(
             }
             None => return Ok(None),
         };
-        buf.extend_from_slice(&data);
         let mut events = Vec::new();
         let mut exit = None;
         let mut first = false;
-        while let Some(i) = buf.iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = buf.drain(..=i).collect();
-            let Ok(v) = serde_json::from_slice::<Value>(&line) else {
-                continue;
+        take_lines(&mut buf, &data, |line| {
+            let Ok(v) = serde_json::from_slice::<Value>(line) else {
+                return;
             };
             let step = reader.feed(&v);
             first |= step.first_output;
@@ -442,7 +440,7 @@ async fn read_stream(
             if step.exit.is_some() {
                 exit = step.exit;
             }
-        }
+        });
         if buf.len() > 16 << 20 {
             return Err(Fatal("the agent sent an event line over 16 MiB".into()));
         }
@@ -639,9 +637,55 @@ async fn finish(
     runs.notify(&run.run_id, ev.next - 1);
 }
 
+/// Appends `data` to `buf` and hands each complete line in it (without its
+/// `\n`) to `f`, keeping the unfinished rest in `buf`. Only the new bytes are
+/// searched for line ends and the lines taken are removed at once, so a long
+/// line arriving in small frames, or many short lines in one frame, cost time
+/// linear in their bytes.
+fn take_lines(buf: &mut Vec<u8>, data: &[u8], mut f: impl FnMut(&[u8])) {
+    let mut at = buf.len();
+    buf.extend_from_slice(data);
+    let mut start = 0;
+    while let Some(i) = buf[at..].iter().position(|b| *b == b'\n') {
+        f(&buf[start..at + i]);
+        start = at + i + 1;
+        at = start;
+    }
+    buf.drain(..start);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lines_are_taken_across_frames_and_the_rest_kept() {
+        let mut buf = Vec::new();
+        let mut seen: Vec<String> = Vec::new();
+        let mut take = |buf: &mut Vec<u8>, data: &[u8]| {
+            take_lines(buf, data, |l| seen.push(String::from_utf8_lossy(l).into()))
+        };
+        take(&mut buf, b"{\"a\":1}\n{\"b\"");
+        assert_eq!(buf, b"{\"b\"");
+        take(&mut buf, b":2}");
+        take(&mut buf, b"\n\nx\ny");
+        assert_eq!(buf, b"y");
+        drop(take);
+        assert_eq!(seen, ["{\"a\":1}", "{\"b\":2}", "", "x"]);
+
+        // A long line in small frames is one line; nothing is taken early.
+        let mut buf = Vec::new();
+        let mut n = 0;
+        for _ in 0..4096 {
+            take_lines(&mut buf, &[b'z'; 256], |_| n += 1);
+        }
+        assert_eq!((n, buf.len()), (0, 4096 * 256));
+        take_lines(&mut buf, b"\n", |l| {
+            n += 1;
+            assert_eq!(l.len(), 4096 * 256);
+        });
+        assert_eq!((n, buf.len()), (1, 0));
+    }
 
     #[test]
     fn auth_failures_are_recognized_in_each_clis_words() {

@@ -165,28 +165,6 @@ fn call(url: &str, key: &str, method: &str, body: Option<Value>) -> (u16, Value)
     }
 }
 
-/// Processes whose command line mentions `needle` (zombies left out).
-fn processes_mentioning(needle: &str) -> Vec<u32> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .map(|c| String::from_utf8_lossy(&c).contains(needle))
-                .unwrap_or(false)
-        })
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .map(|s| {
-                    !s.rsplit_once(')')
-                        .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
-                })
-                .unwrap_or(false)
-        })
-        .collect()
-}
-
 /// What a round left behind that nothing owns.
 fn leaks(s: &Served, tag: &str, running_before: &[String], spared: Option<&str>) -> Vec<String> {
     let vms = s.vms();
@@ -207,7 +185,7 @@ fn leaks(s: &Served, tag: &str, running_before: &[String], spared: Option<&str>)
     }
     // Processes: every VMM belongs to a running VM, by pid.
     let vms_dir = format!("{}/vms/", s.dir.display());
-    for pid in processes_mentioning(&vms_dir) {
+    for pid in polydev_vmm::process::find_by_marker(&vms_dir) {
         let owner = vms
             .iter()
             .find(|v| status(v) == "running" && v["vmmPid"].as_u64() == Some(pid as u64));
@@ -542,7 +520,7 @@ struct Leftovers {
 
 impl Drop for Leftovers {
     fn drop(&mut self) {
-        for pid in processes_mentioning(&format!("{}/vms/", self.dir.display())) {
+        for pid in polydev_vmm::process::find_by_marker(&format!("{}/vms/", self.dir.display())) {
             let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
         }
         for ns in polydev_net::netns::list(&format!("pd{}-", self.tag)) {

@@ -14,8 +14,13 @@ pub fn browser_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser")
 }
 
-/// `npm ci` in `tests/browser` when playwright-core is not installed yet.
+/// `npm ci` in `tests/browser` when playwright-core is not installed yet
+/// (`scripts/test.sh` installs it before any test starts; this is for a
+/// test run by hand). One at a time in a process: two installs into one
+/// `node_modules` would trip over each other.
 pub fn npm_ready() {
+    static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = ONE.lock().unwrap_or_else(|e| e.into_inner());
     let dir = browser_dir();
     if dir
         .join("node_modules/playwright-core/package.json")
@@ -30,7 +35,7 @@ pub fn npm_ready() {
         .expect("running npm (Node.js is needed for the browser tests)");
     assert!(
         out.status.success(),
-        "npm ci in {}: {}",
+        "npm ci in {} failed (run it there before the tests, as scripts/test.sh does): {}",
         dir.display(),
         String::from_utf8_lossy(&out.stderr)
     );
@@ -249,28 +254,8 @@ impl Controller {
     }
 }
 
-/// Processes whose command line mentions `needle`.
-pub fn processes_mentioning(needle: &str) -> Vec<u32> {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .map(|c| String::from_utf8_lossy(&c).contains(needle))
-                .unwrap_or(false)
-        })
-        .filter(|pid| {
-            // Ignore zombies.
-            std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .map(|s| {
-                    !s.rsplit_once(')')
-                        .map(|(_, r)| r.trim_start().starts_with('Z'))
-                        .unwrap_or(false)
-                })
-                .unwrap_or(false)
-        })
-        .collect()
-}
+/// Live processes (zombies left out) whose command line mentions a needle.
+pub use polydev_vmm::process::find_by_marker as processes_mentioning;
 
 impl Drop for Controller {
     fn drop(&mut self) {
