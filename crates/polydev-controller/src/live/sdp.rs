@@ -125,7 +125,10 @@ pub fn check_answer(sdp: &str) -> Result<(), String> {
     }
     // A carriage return only ends a line: alone, it would let a parser that
     // breaks lines at it see lines these checks did not.
-    if sdp.match_indices('\r').any(|(i, _)| sdp.as_bytes().get(i + 1) != Some(&b'\n')) {
+    if sdp
+        .match_indices('\r')
+        .any(|(i, _)| sdp.as_bytes().get(i + 1) != Some(&b'\n'))
+    {
         return Err("the SDP answer has a carriage return that does not end a line".into());
     }
     let candidates: Vec<&str> = sdp
@@ -260,8 +263,10 @@ a=end-of-candidates\r\nm=application 7071 UDP/DTLS/SCTP webrtc-datachannel\r\nc=
         assert!(check_answer(&format!("{ANSWER}{long}")).is_err());
         assert!(check_answer("hello").is_err());
         assert!(check_answer("v=0\r\na=x\u{7}\r\n").is_err());
-        let e = check_answer(&format!("{ANSWER}a=x\ra=candidate:9 1 udp 1 10.0.0.1 1 typ host\r\n"))
-            .unwrap_err();
+        let e = check_answer(&format!(
+            "{ANSWER}a=x\ra=candidate:9 1 udp 1 10.0.0.1 1 typ host\r\n"
+        ))
+        .unwrap_err();
         assert!(e.contains("carriage return"), "{e}");
         check_answer(&ANSWER.replace("\r\n", "\n")).unwrap();
     }
