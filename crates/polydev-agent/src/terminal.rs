@@ -1,6 +1,7 @@
 //! `GET /terminal?cols=N&rows=M`: an interactive terminal over a WebSocket.
 //!
-//! The agent runs `tmux new-session -A -s polydev` (attach when the session
+//! The agent makes sure the session exists (`tmux new-session -d`, see
+//! [`ensure_session`]), then runs `tmux new-session -A -s polydev` (attach when the session
 //! exists, so a reconnect shows the same session; the session's status line
 //! off, so the shell has the whole window) on a fresh pseudo-terminal
 //! of `cols`×`rows` (default 80×24), as the guest user `polydev` in its home
@@ -251,6 +252,30 @@ fn resolve_user(cfg: &TerminalConfig) -> Result<Option<users::User>, String> {
     }
 }
 
+/// Makes sure the tmux server runs and holds the session before a client
+/// attaches: `tmux new-session -d -s <session>`, waited for (5 s at most).
+/// Without it the first client forks the server itself, and a client killed
+/// before its command reached that server (a page opened and closed at once)
+/// leaves a server with no session, exiting just as the next client connects
+/// ("server exited unexpectedly"). Its outcome is not checked: the session
+/// may exist already, and a tmux that cannot start fails the client that
+/// follows, which reports it.
+pub async fn ensure_session(cfg: &TerminalConfig) {
+    let Ok(user) = resolve_user(cfg) else { return };
+    let argv: Vec<String> = [cfg.tmux.as_str(), "new-session", "-d", "-s", &cfg.session]
+        .map(String::from)
+        .to_vec();
+    let name = user.as_ref().map(|u| u.name.as_str());
+    let Ok((mut cmd, _)) = crate::exec::command(&argv, &cfg.env, None, name) else {
+        return;
+    };
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true);
+    let _ = tokio::time::timeout(Duration::from_secs(5), cmd.status()).await;
+}
+
 /// Starts `tmux new-session -A -s <session>` on a new PTY of `cols`×`rows`.
 pub fn spawn(cfg: &TerminalConfig, cols: u16, rows: u16) -> Result<Terminal, String> {
     let user = resolve_user(cfg)?;
@@ -345,6 +370,7 @@ pub async fn handler(
             ),
         )
     })?;
+    ensure_session(&cfg).await;
     let term = spawn(&cfg, cols, rows).map_err(ApiError::internal)?;
     Ok(ws
         .max_message_size(MAX_MESSAGE)

@@ -3,7 +3,8 @@
 //! typed bytes reach the shell and its output comes back, a resize reaches
 //! `stty`, bad control messages get an error frame, a reconnect attaches to
 //! the same session, closing the socket ends only the tmux client, `exit`
-//! closes the socket normally; refusals (token, size, no WebSocket, the
+//! closes the socket normally, a terminal closed at once leaves the next one
+//! working; refusals (token, size, no WebSocket, the
 //! cap, no tmux) are HTTP errors before the upgrade.
 
 use std::process::Command;
@@ -275,6 +276,28 @@ async fn refusals_come_before_the_upgrade() {
     let mut again = opened.expect("a slot is free again once the first terminal closed");
     type_in(&mut again, "echo slot-$((3*3))\r").await;
     expect_output(&mut again, "slot-9").await;
+}
+
+/// Pages opened and closed at once: the tmux client may be killed before
+/// its command reached the server it started. The next terminal still works
+/// (the server must not be left sessionless, exiting as the next client
+/// connects).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminals_closed_at_once_leave_the_next_one_working() {
+    let tmux = Tmux::new("t5");
+    let addr = start(tmux.config(8)).await;
+    for round in 0..8 {
+        let mut ws = open(addr, "").await;
+        ws.close(None).await.unwrap();
+        drop(ws);
+        let mut ws = open(addr, "").await;
+        type_in(&mut ws, &format!("echo round-$((100+{round}))\r")).await;
+        expect_output(&mut ws, &format!("round-{}", 100 + round)).await;
+        ws.close(None).await.unwrap();
+        drop(ws);
+        tmux.run(&["kill-server"]);
+        wait_for("the tmux server ends", || !tmux.run(&["has-session"]).0).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
