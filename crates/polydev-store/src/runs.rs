@@ -12,7 +12,7 @@ use crate::error::Result;
 use crate::{get_enum, Store};
 
 /// One run.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RunRecord {
     /// Id.
@@ -22,7 +22,7 @@ pub struct RunRecord {
     /// Provider (`claude_code`, `codex`, `gemini_cli`).
     pub provider: String,
     /// The prompt.
-    #[serde(skip)]
+    #[serde(skip_serializing)]
     pub prompt: String,
     /// The model asked for.
     pub model: Option<String>,
@@ -53,11 +53,11 @@ pub struct RunRecord {
     /// This run's cost in US dollars, as the CLI reports it.
     pub cost_usd: Option<f64>,
     /// The conversation's totals as the CLI reported them (JSON).
-    #[serde(skip)]
+    #[serde(skip_serializing)]
     pub totals: Option<String>,
     /// Where the reader of the CLI's output stood after the last stored
     /// event (JSON, the controller's).
-    #[serde(skip)]
+    #[serde(skip_serializing)]
     pub checkpoint: Option<String>,
     /// Events stored so far (the last sequence number).
     pub event_count: i64,
@@ -104,6 +104,40 @@ impl FromRow<'_, AnyRow> for RunRecord {
             finished_at: row.try_get("finished_at")?,
         })
     }
+}
+
+/// What orders a page of runs: created at, then id.
+trait RunOrder {
+    fn order_key(&self) -> (i64, &str);
+}
+
+impl RunOrder for RunRecord {
+    fn order_key(&self) -> (i64, &str) {
+        (self.created_at, &self.run_id)
+    }
+}
+
+impl RunOrder for RunSummary {
+    fn order_key(&self) -> (i64, &str) {
+        (self.created_at, &self.run_id)
+    }
+}
+
+/// `snake_case` → `camelCase` (a column's key in a run's JSON).
+fn camel(column: &str) -> String {
+    let mut out = String::with_capacity(column.len());
+    let mut upper = false;
+    for c in column.chars() {
+        match c {
+            '_' => upper = true,
+            c if upper => {
+                out.push(c.to_ascii_uppercase());
+                upper = false;
+            }
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 const COLUMNS: &str = "run_id, user_id, provider, prompt, model, resume_id, timeout_secs, status, \
@@ -250,30 +284,18 @@ impl Store {
             .map_err(|e| self.query_err(format!("read run {run_id}"), e))
     }
 
-    /// A user's runs (or everyone's), newest first.
+    /// A user's runs (or everyone's), newest first, whole.
     pub async fn list_runs(&self, user_id: Option<&str>, limit: i64) -> Result<Vec<RunRecord>> {
-        let q = match user_id {
-            Some(_) => format!(
-                "SELECT {COLUMNS} FROM runs WHERE user_id = $1 ORDER BY created_at DESC, run_id DESC LIMIT $2"
-            ),
-            None => format!(
-                "SELECT {COLUMNS} FROM runs ORDER BY created_at DESC, run_id DESC LIMIT $1"
-            ),
-        };
-        let mut query = sqlx::query_as::<_, RunRecord>(&q);
-        if let Some(u) = user_id {
-            query = query.bind(u);
-        }
-        query
-            .bind(limit)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(|e| self.query_err("list runs".into(), e))
+        let fields: Vec<(String, &str)> = COLUMNS
+            .split(',')
+            .map(str::trim)
+            .map(|c| (camel(c), c))
+            .collect();
+        let fields: Vec<(&str, &str)> = fields.iter().map(|(k, c)| (k.as_str(), *c)).collect();
+        self.runs_page("runs", &fields, user_id, limit).await
     }
 
-    /// A user's runs, newest first, as lists show them. The rows come back
-    /// as one JSON array in one row: a page of runs costs one row's trip
-    /// from the database, not one per run.
+    /// A user's runs, newest first, as lists show them.
     pub async fn list_run_summaries(&self, user_id: &str, limit: i64) -> Result<Vec<RunSummary>> {
         let fields = [
             ("runId", "run_id"),
@@ -288,36 +310,57 @@ impl Store {
             ("createdAt", "created_at"),
             ("finishedAt", "finished_at"),
         ];
+        self.runs_page("run summaries", &fields, Some(user_id), limit)
+            .await
+    }
+
+    /// A page of runs (one user's or everyone's), newest first, each run a
+    /// JSON object of `fields` (key, SQL expression). The rows come back as
+    /// one JSON array in one row: a page costs one row's trip from the
+    /// database, not one per run (SQLite's driver hands rows over one by
+    /// one between threads).
+    async fn runs_page<T: serde::de::DeserializeOwned + RunOrder>(
+        &self,
+        what: &str,
+        fields: &[(&str, &str)],
+        user_id: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<T>> {
         let pairs: Vec<String> = fields.iter().map(|(k, c)| format!("'{k}', {c}")).collect();
-        let (object, array) = match self.kind {
-            crate::StoreKind::Sqlite => ("json_object", "json_group_array(json(o))"),
-            crate::StoreKind::Postgres => ("json_build_object", "json_agg(o)::text"),
+        let (object, array, as_text) = match self.kind {
+            crate::StoreKind::Sqlite => ("json_object", "json_group_array", ""),
+            crate::StoreKind::Postgres => ("json_build_object", "json_agg", "::text"),
         };
+        let (filter, limit_arg) = match user_id {
+            Some(_) => ("WHERE user_id = $1", "$2"),
+            None => ("", "$1"),
+        };
+        // The objects are built in the aggregate's own argument: SQLite then
+        // keeps them as JSON and does not parse each one again.
         let sql = format!(
-            "SELECT COALESCE((SELECT {array} FROM (SELECT {object}({}) AS o FROM runs WHERE user_id = $1 \
-             ORDER BY created_at DESC, run_id DESC LIMIT $2) AS page), '[]') AS runs",
+            "SELECT COALESCE((SELECT {array}({object}({})){as_text} FROM (SELECT * FROM runs {filter} \
+             ORDER BY created_at DESC, run_id DESC LIMIT {limit_arg}) AS page), '[]') AS runs",
             pairs.join(", ")
         );
-        let row = sqlx::query(&sql)
-            .bind(user_id)
+        let mut query = sqlx::query(&sql);
+        if let Some(u) = user_id {
+            query = query.bind(u);
+        }
+        let row = query
             .bind(limit)
             .fetch_one(&self.pool)
             .await
-            .map_err(|e| self.query_err("list run summaries".into(), e))?;
+            .map_err(|e| self.query_err(format!("list {what}"), e))?;
         let text: String = row
             .try_get("runs")
-            .map_err(|e| self.query_err("read run summaries".into(), e))?;
-        let mut runs: Vec<RunSummary> = serde_json::from_str(&text).map_err(|e| {
-            self.query_err(
-                "decode run summaries".into(),
-                sqlx::Error::Decode(Box::new(e)),
-            )
+            .map_err(|e| self.query_err(format!("read {what}"), e))?;
+        let mut runs: Vec<T> = serde_json::from_str(&text).map_err(|e| {
+            self.query_err(format!("decode {what}"), sqlx::Error::Decode(Box::new(e)))
         })?;
         // An aggregate's order is the database's to choose: set it here.
         runs.sort_by(|a, b| {
-            b.created_at
-                .cmp(&a.created_at)
-                .then_with(|| b.run_id.cmp(&a.run_id))
+            let (a, b) = (a.order_key(), b.order_key());
+            b.0.cmp(&a.0).then_with(|| b.1.cmp(a.1))
         });
         Ok(runs)
     }

@@ -1226,6 +1226,13 @@ async fn runs_and_events(db: &TestDb) {
     assert_eq!(unfinished[0].resume_id.as_deref(), Some("th-1"));
     let mine = s.list_runs(Some("u1"), 10).await.unwrap();
     assert_eq!(mine.len(), 2);
+    // A listed run is the whole record, as read alone, newest first.
+    for r in &mine {
+        assert_eq!(Some(r), s.get_run(&r.run_id).await.unwrap().as_ref());
+    }
+    assert!(mine[0].created_at >= mine[1].created_at);
+    assert_eq!(s.list_runs(None, 10).await.unwrap(), mine);
+    assert_eq!(s.list_runs(Some("u1"), 1).await.unwrap()[..], mine[..1]);
     assert!(s.list_runs(Some("u2"), 10).await.unwrap().is_empty());
 }
 

@@ -53,37 +53,70 @@ fn check_word(what: &str, code: &'static str, v: &str) -> Result<(), ApiError> {
     }
 }
 
-/// The JSON of a run.
-pub fn run_json(r: &RunRecord) -> serde_json::Value {
-    json!({
-        "runId": r.run_id,
-        "userId": r.user_id,
-        "provider": r.provider,
-        "model": r.model,
-        "status": r.status,
-        "exitCode": r.exit_code,
-        "answer": r.answer,
-        "error": r.error,
-        "conversationId": r.conversation_id.as_ref().or(r.resume_id.as_ref()),
-        "continues": r.resume_id,
-        "usage": {
-            "inputTokens": r.input_tokens,
-            "outputTokens": r.output_tokens,
-            "costUsd": r.cost_usd,
-        },
-        "vmId": r.vm_id,
-        "vm": r.vm_found,
-        "timeoutSecs": r.timeout_secs,
-        "timings": {
-            "queuedAt": r.created_at,
-            "vmReadyAt": r.vm_ready_at,
-            "cliStartedAt": r.cli_started_at,
-            "firstOutputAt": r.first_output_at,
-            "finishedAt": r.finished_at,
-        },
-        "eventCount": r.event_count,
-        "eventsUrl": format!("/api/runs/{}/events", r.run_id),
-    })
+/// The JSON of a run: `run_json(&r)` serializes as
+/// `{runId, userId, provider, model, status, exitCode, answer, error,
+/// conversationId, continues, usage: {inputTokens, outputTokens, costUsd},
+/// vmId, vm, timeoutSecs, timings: {queuedAt, vmReadyAt, cliStartedAt,
+/// firstOutputAt, finishedAt}, eventCount, eventsUrl}`. Written straight
+/// from the record (no intermediate JSON tree: lists of runs are a hot path).
+pub fn run_json(r: &RunRecord) -> RunView<'_> {
+    RunView(r)
+}
+
+/// A run as the API shows it (see [`run_json`]).
+pub struct RunView<'a>(&'a RunRecord);
+
+impl serde::Serialize for RunView<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        struct Usage<'a>(&'a RunRecord);
+        impl serde::Serialize for Usage<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                let r = self.0;
+                let mut m = s.serialize_map(Some(3))?;
+                m.serialize_entry("inputTokens", &r.input_tokens)?;
+                m.serialize_entry("outputTokens", &r.output_tokens)?;
+                m.serialize_entry("costUsd", &r.cost_usd)?;
+                m.end()
+            }
+        }
+        struct Timings<'a>(&'a RunRecord);
+        impl serde::Serialize for Timings<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                let r = self.0;
+                let mut m = s.serialize_map(Some(5))?;
+                m.serialize_entry("queuedAt", &r.created_at)?;
+                m.serialize_entry("vmReadyAt", &r.vm_ready_at)?;
+                m.serialize_entry("cliStartedAt", &r.cli_started_at)?;
+                m.serialize_entry("firstOutputAt", &r.first_output_at)?;
+                m.serialize_entry("finishedAt", &r.finished_at)?;
+                m.end()
+            }
+        }
+        let r = self.0;
+        let mut m = s.serialize_map(Some(18))?;
+        m.serialize_entry("runId", &r.run_id)?;
+        m.serialize_entry("userId", &r.user_id)?;
+        m.serialize_entry("provider", &r.provider)?;
+        m.serialize_entry("model", &r.model)?;
+        m.serialize_entry("status", &r.status)?;
+        m.serialize_entry("exitCode", &r.exit_code)?;
+        m.serialize_entry("answer", &r.answer)?;
+        m.serialize_entry("error", &r.error)?;
+        m.serialize_entry(
+            "conversationId",
+            &r.conversation_id.as_ref().or(r.resume_id.as_ref()),
+        )?;
+        m.serialize_entry("continues", &r.resume_id)?;
+        m.serialize_entry("usage", &Usage(r))?;
+        m.serialize_entry("vmId", &r.vm_id)?;
+        m.serialize_entry("vm", &r.vm_found)?;
+        m.serialize_entry("timeoutSecs", &r.timeout_secs)?;
+        m.serialize_entry("timings", &Timings(r))?;
+        m.serialize_entry("eventCount", &r.event_count)?;
+        m.serialize_entry("eventsUrl", &format_args!("/api/runs/{}/events", r.run_id))?;
+        m.end()
+    }
 }
 
 fn new_run_id() -> String {
@@ -229,8 +262,8 @@ pub async fn get(
     State(s): State<AppState>,
     axum::Extension(caller): axum::Extension<crate::auth::Caller>,
     Path(id): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    Ok(Json(run_json(&find(&s, &caller, &id).await?)))
+) -> Result<Response, ApiError> {
+    Ok(Json(run_json(&find(&s, &caller, &id).await?)).into_response())
 }
 
 /// `GET /api/runs` query.
@@ -247,7 +280,7 @@ pub async fn list(
     State(s): State<AppState>,
     axum::Extension(caller): axum::Extension<crate::auth::Caller>,
     q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
     if let Some(u) = &q.user_id {
         crate::api::validate_user_id(u)?;
@@ -255,9 +288,14 @@ pub async fn list(
     let scope = caller.list_scope(q.user_id.as_deref())?;
     let limit = q.limit.unwrap_or(50).clamp(1, 500);
     let runs = s.runtime.store().list_runs(scope.as_deref(), limit).await?;
-    Ok(Json(
-        json!({"runs": runs.iter().map(run_json).collect::<Vec<_>>()}),
-    ))
+    #[derive(serde::Serialize)]
+    struct Page<'a> {
+        runs: Vec<RunView<'a>>,
+    }
+    Ok(Json(Page {
+        runs: runs.iter().map(run_json).collect(),
+    })
+    .into_response())
 }
 
 /// `POST /api/runs/:id/cancel`.
@@ -265,7 +303,7 @@ pub async fn cancel(
     State(s): State<AppState>,
     axum::Extension(caller): axum::Extension<crate::auth::Caller>,
     Path(id): Path<String>,
-) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+) -> Result<Response, ApiError> {
     let r = find(&s, &caller, &id).await?;
     if r.status.is_terminal() {
         return Err(ApiError::new(
@@ -276,7 +314,7 @@ pub async fn cancel(
     }
     s.runs.cancel(&id).await.map_err(ApiError::internal)?;
     let r = find(&s, &caller, &id).await?;
-    Ok((StatusCode::ACCEPTED, Json(run_json(&r))))
+    Ok((StatusCode::ACCEPTED, Json(run_json(&r))).into_response())
 }
 
 /// `GET /api/runs/:id/events` query.
@@ -380,5 +418,64 @@ impl Feed {
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use polydev_core::run::RunStatus;
+
+    #[test]
+    fn a_run_shows_every_field_in_its_place() {
+        let r = RunRecord {
+            run_id: "run_1".into(),
+            user_id: "u1".into(),
+            provider: "codex".into(),
+            prompt: "not shown".into(),
+            model: Some("m".into()),
+            resume_id: Some("th-0".into()),
+            timeout_secs: 60,
+            status: RunStatus::Completed,
+            vm_id: Some("vm_1".into()),
+            vm_found: Some("resumed".into()),
+            agent_proc_id: Some("p1".into()),
+            exit_code: Some(0),
+            answer: Some("hi".into()),
+            error: None,
+            conversation_id: None,
+            input_tokens: Some(10),
+            output_tokens: Some(5),
+            cost_usd: Some(0.25),
+            totals: Some("{}".into()),
+            checkpoint: Some("{}".into()),
+            event_count: 7,
+            created_at: 1,
+            vm_ready_at: Some(2),
+            cli_started_at: Some(3),
+            first_output_at: Some(4),
+            finished_at: Some(5),
+        };
+        assert_eq!(
+            serde_json::to_value(run_json(&r)).unwrap(),
+            json!({
+                "runId": "run_1", "userId": "u1", "provider": "codex", "model": "m",
+                "status": "completed", "exitCode": 0, "answer": "hi", "error": null,
+                "conversationId": "th-0", "continues": "th-0",
+                "usage": {"inputTokens": 10, "outputTokens": 5, "costUsd": 0.25},
+                "vmId": "vm_1", "vm": "resumed", "timeoutSecs": 60,
+                "timings": {"queuedAt": 1, "vmReadyAt": 2, "cliStartedAt": 3,
+                            "firstOutputAt": 4, "finishedAt": 5},
+                "eventCount": 7, "eventsUrl": "/api/runs/run_1/events",
+            })
+        );
+        let r = RunRecord {
+            conversation_id: Some("th-1".into()),
+            ..r
+        };
+        assert_eq!(
+            serde_json::to_value(run_json(&r)).unwrap()["conversationId"],
+            "th-1"
+        );
     }
 }
