@@ -16,7 +16,9 @@
 //! frames are relayed to the agent's `GET /terminal` inside the VM's
 //! namespace ([`relay`]): binary frames are terminal bytes, text frames JSON
 //! control (`{"type":"resize","cols":C,"rows":R}` from the page;
-//! `status`/`error` to it).
+//! `status`/`error` to it). A token is checked when the connection opens; an
+//! open connection ends (close code 1008, the reason) when the API key that
+//! opened it is revoked or the user's account is disabled.
 //!
 //! Modules: [`token`] (terminal tokens), [`relay`] (the agent side and the
 //! pump), [`page`] (the page and the vendored files).
@@ -107,6 +109,15 @@ pub fn token_error(e: token::TokenError) -> ApiError {
 
 use crate::auth::{bearer, unauthorized};
 
+/// What opened a terminal, re-checked while it stays open.
+#[derive(Clone)]
+pub enum Opener {
+    /// An API key (its secret, kept only in memory to look it up again).
+    Key(String),
+    /// A terminal token (checked once; the account is still watched).
+    Token,
+}
+
 /// Who may open `user_id`'s terminal: an API key or a terminal token for
 /// that user in the `Authorization` header, or a terminal token in
 /// `?token=` (never an API key: URLs end up in logs).
@@ -115,7 +126,7 @@ pub async fn authorize(
     headers: &HeaderMap,
     query_token: Option<&str>,
     user_id: &str,
-) -> Result<(), ApiError> {
+) -> Result<Opener, ApiError> {
     let query_token = query_token.filter(|q| !q.is_empty());
     let presented = match (bearer(headers)?, query_token) {
         (Some(b), _) => b,
@@ -128,7 +139,7 @@ pub async fn authorize(
         )),
     };
     if presented.starts_with(token::PREFIX) {
-        return t.verify(presented, user_id).map(|_| ());
+        return t.verify(presented, user_id).map(|_| Opener::Token);
     }
     if presented.starts_with(crate::live::token::PREFIX) {
         return Err(unauthorized(
@@ -137,7 +148,8 @@ pub async fn authorize(
     }
     crate::auth::check_key(&t.app, presented)
         .await?
-        .act_for(user_id)
+        .act_for(user_id)?;
+    Ok(Opener::Key(presented.to_string()))
 }
 
 /// Query of `POST /api/users/{user}/terminal/token`.
@@ -238,7 +250,7 @@ pub async fn socket(
 ) -> Result<Response, ApiError> {
     let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
     crate::api::validate_user_id(&user)?;
-    authorize(&t, &headers, q.token.as_deref(), &user).await?;
+    let opener = authorize(&t, &headers, q.token.as_deref(), &user).await?;
     access::check_origin(&t.live, &headers).map_err(|e| {
         ApiError::new(
             e.status,
@@ -258,7 +270,7 @@ pub async fn socket(
     Ok(ws
         .max_message_size(MAX_MESSAGE)
         .max_frame_size(MAX_MESSAGE)
-        .on_upgrade(move |socket| relay::run(t, user, size, socket)))
+        .on_upgrade(move |socket| relay::run(t, user, opener, size, socket)))
 }
 
 #[cfg(test)]

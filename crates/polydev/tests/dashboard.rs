@@ -162,7 +162,10 @@ fn json_of(body: &str) -> Value {
 
 /// Signs in with a password over plain HTTP: the session cookie's value.
 fn password_session(c: &Controller, user: &str, password: &str) -> String {
-    let form = format!("user={user}&password={}", urlencode(password));
+    let form = format!(
+        "user={user}&password={}",
+        polydev_controller::accounts::oidc_standin::pct(password)
+    );
     let (st, set, body) = req(
         "POST",
         &c.url("/signin"),
@@ -184,17 +187,6 @@ fn password_session(c: &Controller, user: &str, password: &str) -> String {
         .unwrap()
         .1
         .to_string()
-}
-
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// Makes an account on the command line; its printed password.

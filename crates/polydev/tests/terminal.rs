@@ -5,7 +5,8 @@
 //! started on the first connection, typed bytes and their output, a resize
 //! reaching `stty`, the same tmux session after a reconnect, the page in
 //! headless Chromium (xterm.js, driven by playwright-core from
-//! `tests/browser/`), and `exit` closing the socket normally.
+//! `tests/browser/`), `exit` closing the socket normally, and an open
+//! terminal ended (1008) when its API key is revoked or the account disabled.
 //!
 //! One controller, one CLI VM on the newest minimal image (it has tmux:
 //! `polydev image build minimal`), given as `POLYDEV_ROOTFS`.
@@ -79,6 +80,20 @@ fn open(
     if let Some(o) = origin {
         req.headers_mut().insert("Origin", o.parse().unwrap());
     }
+    connect(req)
+}
+
+/// Opens the terminal WebSocket with an API key in `Authorization`.
+fn open_with_key(c: &Controller, user: &str, key: &str) -> Result<Ws, (u16, String)> {
+    use tungstenite::client::IntoClientRequest;
+    let url = format!("ws://127.0.0.1:{}/api/users/{user}/terminal", c.port);
+    let mut req = url.into_client_request().unwrap();
+    req.headers_mut()
+        .insert("Authorization", format!("Bearer {key}").parse().unwrap());
+    connect(req)
+}
+
+fn connect(req: tungstenite::handshake::client::Request) -> Result<Ws, (u16, String)> {
     match tungstenite::connect(req) {
         Ok((ws, _)) => {
             if let MaybeTlsStream::Plain(s) = ws.get_ref() {
@@ -382,11 +397,88 @@ fn a_terminal_into_the_users_cli_vm() {
         }
     };
     assert_eq!(frame.map(|f| u16::from(f.code)), Some(1000));
+
+    check_access_taken_away(&c, &token, &mut statuses);
     let (_, health) = c.call("GET", "/health", None);
     eprintln!(
         "terminal test took {:.1} s ({} with {})",
         started.elapsed().as_secs_f64(),
         health["vmm"]["kind"],
         health["vmm"]["accel"]
+    );
+}
+
+/// Reads until the server closes the terminal: (close code, reason, the
+/// error frame's message before it).
+fn ended_by_server(ws: &mut Ws, within: Duration) -> (u16, String, String) {
+    let until = Instant::now() + within;
+    let mut error = String::new();
+    loop {
+        assert!(
+            Instant::now() < until,
+            "the terminal stayed open for {within:?}"
+        );
+        match ws.read() {
+            Ok(Message::Close(f)) => {
+                let f = f.expect("a close frame with a code");
+                return (u16::from(f.code), f.reason.to_string(), error);
+            }
+            Ok(Message::Text(t)) => {
+                let v: Value = serde_json::from_str(&t).expect("control frames are JSON");
+                if v["type"] == "error" {
+                    error = v["message"].as_str().unwrap_or_default().to_string();
+                }
+            }
+            Ok(_) => {}
+            Err(tungstenite::Error::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => panic!("reading the terminal: {e}"),
+        }
+    }
+}
+
+/// An open terminal ends when what opened it is taken away: the API key
+/// revoked, or the user's account disabled (the terminal token itself
+/// still valid).
+fn check_access_taken_away(c: &Controller, token: &str, statuses: &mut Vec<String>) {
+    let body = serde_json::json!({"name": "terminal test", "userId": USER}).to_string();
+    let (st, key) = c.call("POST", "/api/keys", Some(&body));
+    assert_eq!(st, 201, "{key}");
+    let mut ws = open_with_key(c, USER, key["key"].as_str().unwrap()).expect("terminal by API key");
+    type_in(&mut ws, "echo key-$((5+5))\r");
+    read_until(&mut ws, "key-10", OUTPUT, statuses);
+    let t = Instant::now();
+    let (st, v) = c.call(
+        "DELETE",
+        &format!("/api/keys/{}", key["keyId"].as_str().unwrap()),
+        None,
+    );
+    assert_eq!(st, 204, "{v}");
+    let (code, reason, error) = ended_by_server(&mut ws, Duration::from_secs(20));
+    assert_eq!(code, 1008, "{reason}");
+    assert!(
+        reason.contains("revoked") && error.contains("revoked"),
+        "{reason} / {error}"
+    );
+    eprintln!(
+        "revoked key's terminal closed {:.1} s after the revocation",
+        t.elapsed().as_secs_f64()
+    );
+
+    c.cli(&["user", "create", USER]);
+    let mut ws = open(c, USER, token, None, "").expect("terminal by token");
+    type_in(&mut ws, "echo account-$((6+6))\r");
+    read_until(&mut ws, "account-12", OUTPUT, statuses);
+    let t = Instant::now();
+    c.cli(&["user", "disable", USER]);
+    let (code, reason, _) = ended_by_server(&mut ws, Duration::from_secs(20));
+    assert_eq!(code, 1008, "{reason}");
+    assert!(reason.contains("disabled"), "{reason}");
+    eprintln!(
+        "disabled account's terminal closed {:.1} s after `polydev user disable`",
+        t.elapsed().as_secs_f64()
     );
 }

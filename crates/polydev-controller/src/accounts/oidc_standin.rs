@@ -277,7 +277,9 @@ fn random_hex(n: usize) -> String {
     hex::encode(b)
 }
 
-fn pct(s: &str) -> String {
+/// Percent-encodes `s` for a URL query or a form body (every byte but
+/// RFC 3986's unreserved ones).
+pub fn pct(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {

@@ -266,6 +266,12 @@ mod tests {
         assert_eq!(cookie_value(&h), None);
     }
 
+    /// The session token a `Set-Cookie` value carries.
+    fn token_of(set_cookie: &str) -> String {
+        let first = set_cookie.split(';').next().unwrap();
+        first.split_once('=').unwrap().1.to_string()
+    }
+
     #[tokio::test]
     async fn sessions_start_check_and_end() {
         let d = tempfile::tempdir().unwrap();
@@ -293,14 +299,7 @@ mod tests {
             set.contains("HttpOnly") && set.contains("SameSite=Lax") && set.contains("Secure"),
             "{set}"
         );
-        let token = set
-            .split(';')
-            .next()
-            .unwrap()
-            .split_once('=')
-            .unwrap()
-            .1
-            .to_string();
+        let token = token_of(&set);
         let mut h = HeaderMap::new();
         h.insert(header::COOKIE, format!("{COOKIE}={token}").parse().unwrap());
         assert_eq!(s.session_of(&h).await.unwrap().unwrap().user_id, "ann");
@@ -310,14 +309,7 @@ mod tests {
         assert!(s.session_of(&h).await.unwrap().is_none());
         store.set_account_disabled("ann", false).await.unwrap();
         let set = s.start("ann", "password").await.unwrap();
-        let token = set
-            .split(';')
-            .next()
-            .unwrap()
-            .split_once('=')
-            .unwrap()
-            .1
-            .to_string();
+        let token = token_of(&set);
         h.insert(header::COOKIE, format!("{COOKIE}={token}").parse().unwrap());
         assert!(s.session_of(&h).await.unwrap().is_some());
         let cleared = s.end(&h).await.unwrap();

@@ -1,9 +1,11 @@
 //! After the upgrade: the user's CLI VM (found, resumed or booted, and held
 //! until the page goes), a WebSocket to its agent's `GET /terminal` on a
 //! socket opened inside the VM's namespace, and the frames relayed both ways
-//! until either side closes or the VM stops.
+//! until either side closes, the VM stops, or what opened the terminal is
+//! taken away (its API key revoked, the user's account disabled; checked
+//! every [`VM_CHECK`]).
 
-use super::{Terminals, MAX_MESSAGE};
+use super::{Opener, Terminals, MAX_MESSAGE};
 use crate::cli_vm::Hold;
 use crate::runtime::{Runtime, AGENT_FILE};
 use axum::extract::ws::{self, CloseFrame, Message, WebSocket};
@@ -21,6 +23,8 @@ pub type AgentSocket = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>
 
 /// Close code for "the server failed" (RFC 6455 §7.4.1).
 const CLOSE_ERROR: u16 = 1011;
+/// Close code for "policy violation" (RFC 6455 §7.4.1): access taken away.
+const CLOSE_POLICY: u16 = 1008;
 /// How often the VM's record is checked while a terminal is open: a VM that
 /// vanished sends no FIN.
 const VM_CHECK: Duration = Duration::from_secs(2);
@@ -48,7 +52,13 @@ fn close(code: u16, reason: &str) -> Message {
 
 /// Serves one page's terminal: VM, agent, relay. Never panics on what
 /// either side sends; every failure reaches the page as an error frame.
-pub async fn run(t: Arc<Terminals>, user: String, size: (u16, u16), mut page: WebSocket) {
+pub async fn run(
+    t: Arc<Terminals>,
+    user: String,
+    opener: Opener,
+    size: (u16, u16),
+    mut page: WebSocket,
+) {
     let started = Instant::now();
     let mut early = Early::default();
     let (rec, hold) = match start_vm(&t, &user, &mut page, &mut early).await {
@@ -66,8 +76,15 @@ pub async fn run(t: Arc<Terminals>, user: String, size: (u16, u16), mut page: We
         }
     }
     tracing::info!(user_id = %user, vm_id = %rec.vm_id, setup_ms = started.elapsed().as_millis() as u64, "terminal connected");
-    let gone = vm_gone(t.app.runtime.clone(), rec.vm_id.clone());
-    let reason = pump(&mut page, agent, gone).await;
+    let vm = vm_gone(t.app.runtime.clone(), rec.vm_id.clone());
+    let access = access_ends(&t.app, &opener, &user);
+    let stop = async {
+        tokio::select! {
+            _ = vm => Stop::VmGone,
+            why = access => Stop::Revoked(why),
+        }
+    };
+    let reason = pump(&mut page, agent, stop).await;
     drop(hold);
     tracing::info!(user_id = %user, vm_id = %rec.vm_id, reason, open_s = started.elapsed().as_secs(), "terminal closed");
 }
@@ -210,19 +227,56 @@ async fn vm_gone(rt: Arc<Runtime>, vm_id: String) {
     }
 }
 
-/// Relays frames until one side closes or `gone` resolves; returns why.
+/// Resolves, saying why, when what opened the terminal no longer may:
+/// the API key was revoked, or the user's account (if the user has one) was
+/// disabled. Checked every [`VM_CHECK`]; a store that cannot answer is
+/// asked again.
+async fn access_ends(app: &crate::AppState, opener: &Opener, user: &str) -> &'static str {
+    loop {
+        tokio::time::sleep(VM_CHECK).await;
+        if let Opener::Key(secret) = opener {
+            if let Ok(None) = app.keys.verify(secret).await {
+                return "the API key that opened this terminal was revoked";
+            }
+        }
+        if let Ok(Some(a)) = app.runtime.store().get_account(user).await {
+            if a.disabled {
+                return "this account was disabled";
+            }
+        }
+    }
+}
+
+/// Why the relay stops on its own.
+enum Stop {
+    VmGone,
+    Revoked(&'static str),
+}
+
+/// Relays frames until one side closes or `stop` resolves; returns why.
 async fn pump(
     page: &mut WebSocket,
     mut agent: AgentSocket,
-    gone: impl std::future::Future<Output = ()>,
+    stop: impl std::future::Future<Output = Stop>,
 ) -> &'static str {
-    tokio::pin!(gone);
+    tokio::pin!(stop);
     loop {
         tokio::select! {
-            _ = &mut gone => {
-                let _ = page.send(text("error", "your CLI VM stopped")).await;
-                let _ = page.send(close(CLOSE_ERROR, "the CLI VM stopped")).await;
-                return "the VM stopped";
+            why = &mut stop => {
+                return match why {
+                    Stop::VmGone => {
+                        let _ = page.send(text("error", "your CLI VM stopped")).await;
+                        let _ = page.send(close(CLOSE_ERROR, "the CLI VM stopped")).await;
+                        "the VM stopped"
+                    }
+                    Stop::Revoked(why) => {
+                        // The agent ends its tmux client; the session stays.
+                        let _ = tokio::time::timeout(VM_CHECK, agent.close(None)).await;
+                        let _ = page.send(text("error", why)).await;
+                        let _ = page.send(close(CLOSE_POLICY, why)).await;
+                        why
+                    }
+                };
             }
             m = page.recv() => match m {
                 Some(Ok(m)) => {
