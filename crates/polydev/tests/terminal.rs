@@ -131,6 +131,22 @@ fn type_in(ws: &mut Ws, text: &str) {
         .expect("typing into the terminal");
 }
 
+/// The next frame; `None` when none came within the socket's read timeout.
+fn next_frame(ws: &mut Ws) -> Result<Option<Message>, tungstenite::Error> {
+    match ws.read() {
+        Ok(m) => Ok(Some(m)),
+        Err(tungstenite::Error::Io(e))
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// What the terminal said until `done(output)` (text frames of type
 /// `status` are kept in `statuses`; an `error` frame fails the test).
 fn read_while(
@@ -147,21 +163,19 @@ fn read_while(
             Instant::now() < until,
             "no {what} in {within:?}; statuses {statuses:?}; saw {seen:?}"
         );
-        match ws.read() {
-            Ok(Message::Binary(b)) => seen.push_str(&String::from_utf8_lossy(&b)),
-            Ok(Message::Text(t)) => {
+        match next_frame(ws) {
+            Ok(None) => {}
+            Ok(Some(Message::Binary(b))) => seen.push_str(&String::from_utf8_lossy(&b)),
+            Ok(Some(Message::Text(t))) => {
                 let v: Value = serde_json::from_str(&t).expect("control frames are JSON");
                 let m = v["message"].as_str().unwrap_or_default().to_string();
                 assert_ne!(v["type"], "error", "the terminal failed: {m}");
                 statuses.push(m);
             }
-            Ok(Message::Close(f)) => panic!("closed while waiting for {what}: {f:?}; saw {seen:?}"),
-            Ok(_) => {}
-            Err(tungstenite::Error::Io(e))
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
+            Ok(Some(Message::Close(f))) => {
+                panic!("closed while waiting for {what}: {f:?}; saw {seen:?}")
+            }
+            Ok(Some(_)) => {}
             Err(e) => panic!("reading the terminal: {e}; saw {seen:?}"),
         }
     }
@@ -193,15 +207,8 @@ fn close(mut ws: Ws) {
     let _ = ws.close(None);
     let until = Instant::now() + Duration::from_secs(10);
     while Instant::now() < until {
-        match ws.read() {
-            Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => return,
-            Err(tungstenite::Error::Io(e))
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
-            Err(_) => return,
-            Ok(_) => {}
+        if next_frame(&mut ws).is_err() {
+            return; // closed (or broken)
         }
     }
 }
@@ -385,15 +392,10 @@ fn a_terminal_into_the_users_cli_vm() {
     let until = Instant::now() + OUTPUT;
     let frame = loop {
         assert!(Instant::now() < until, "no close frame after exit");
-        match ws.read() {
-            Ok(Message::Close(f)) => break f,
-            Err(tungstenite::Error::Io(e))
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
-            Err(e) => panic!("reading after exit: {e}"),
+        match next_frame(&mut ws) {
+            Ok(Some(Message::Close(f))) => break f,
             Ok(_) => {}
+            Err(e) => panic!("reading after exit: {e}"),
         }
     };
     assert_eq!(frame.map(|f| u16::from(f.code)), Some(1000));
@@ -418,23 +420,18 @@ fn ended_by_server(ws: &mut Ws, within: Duration) -> (u16, String, String) {
             Instant::now() < until,
             "the terminal stayed open for {within:?}"
         );
-        match ws.read() {
-            Ok(Message::Close(f)) => {
+        match next_frame(ws) {
+            Ok(Some(Message::Close(f))) => {
                 let f = f.expect("a close frame with a code");
                 return (u16::from(f.code), f.reason.to_string(), error);
             }
-            Ok(Message::Text(t)) => {
+            Ok(Some(Message::Text(t))) => {
                 let v: Value = serde_json::from_str(&t).expect("control frames are JSON");
                 if v["type"] == "error" {
                     error = v["message"].as_str().unwrap_or_default().to_string();
                 }
             }
             Ok(_) => {}
-            Err(tungstenite::Error::Io(e))
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
             Err(e) => panic!("reading the terminal: {e}"),
         }
     }

@@ -53,70 +53,83 @@ fn check_word(what: &str, code: &'static str, v: &str) -> Result<(), ApiError> {
     }
 }
 
-/// The JSON of a run: `run_json(&r)` serializes as
-/// `{runId, userId, provider, model, status, exitCode, answer, error,
-/// conversationId, continues, usage: {inputTokens, outputTokens, costUsd},
-/// vmId, vm, timeoutSecs, timings: {queuedAt, vmReadyAt, cliStartedAt,
-/// firstOutputAt, finishedAt}, eventCount, eventsUrl}`. Written straight
-/// from the record (no intermediate JSON tree: lists of runs are a hot path).
+/// The JSON of a run, written straight from the record (no intermediate
+/// JSON tree: lists of runs are a hot path).
 pub fn run_json(r: &RunRecord) -> RunView<'_> {
-    RunView(r)
+    RunView {
+        run_id: &r.run_id,
+        user_id: &r.user_id,
+        provider: &r.provider,
+        model: r.model.as_deref(),
+        status: r.status,
+        exit_code: r.exit_code,
+        answer: r.answer.as_deref(),
+        error: r.error.as_deref(),
+        conversation_id: r.conversation_id.as_deref().or(r.resume_id.as_deref()),
+        continues: r.resume_id.as_deref(),
+        usage: Usage {
+            input_tokens: r.input_tokens,
+            output_tokens: r.output_tokens,
+            cost_usd: r.cost_usd,
+        },
+        vm_id: r.vm_id.as_deref(),
+        vm: r.vm_found.as_deref(),
+        timeout_secs: r.timeout_secs,
+        timings: Timings {
+            queued_at: r.created_at,
+            vm_ready_at: r.vm_ready_at,
+            cli_started_at: r.cli_started_at,
+            first_output_at: r.first_output_at,
+            finished_at: r.finished_at,
+        },
+        event_count: r.event_count,
+        events_url: format!("/api/runs/{}/events", r.run_id),
+    }
 }
 
-/// A run as the API shows it (see [`run_json`]).
-pub struct RunView<'a>(&'a RunRecord);
+/// A run as the API shows it.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunView<'a> {
+    run_id: &'a str,
+    user_id: &'a str,
+    provider: &'a str,
+    model: Option<&'a str>,
+    status: polydev_core::run::RunStatus,
+    exit_code: Option<i64>,
+    answer: Option<&'a str>,
+    error: Option<&'a str>,
+    /// The CLI's conversation id, else the one the run continues.
+    conversation_id: Option<&'a str>,
+    continues: Option<&'a str>,
+    usage: Usage,
+    vm_id: Option<&'a str>,
+    /// How the VM was found: `running`, `resumed`, `booted`.
+    vm: Option<&'a str>,
+    timeout_secs: i64,
+    timings: Timings,
+    event_count: i64,
+    events_url: String,
+}
 
-impl serde::Serialize for RunView<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap;
-        struct Usage<'a>(&'a RunRecord);
-        impl serde::Serialize for Usage<'_> {
-            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                let r = self.0;
-                let mut m = s.serialize_map(Some(3))?;
-                m.serialize_entry("inputTokens", &r.input_tokens)?;
-                m.serialize_entry("outputTokens", &r.output_tokens)?;
-                m.serialize_entry("costUsd", &r.cost_usd)?;
-                m.end()
-            }
-        }
-        struct Timings<'a>(&'a RunRecord);
-        impl serde::Serialize for Timings<'_> {
-            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                let r = self.0;
-                let mut m = s.serialize_map(Some(5))?;
-                m.serialize_entry("queuedAt", &r.created_at)?;
-                m.serialize_entry("vmReadyAt", &r.vm_ready_at)?;
-                m.serialize_entry("cliStartedAt", &r.cli_started_at)?;
-                m.serialize_entry("firstOutputAt", &r.first_output_at)?;
-                m.serialize_entry("finishedAt", &r.finished_at)?;
-                m.end()
-            }
-        }
-        let r = self.0;
-        let mut m = s.serialize_map(Some(18))?;
-        m.serialize_entry("runId", &r.run_id)?;
-        m.serialize_entry("userId", &r.user_id)?;
-        m.serialize_entry("provider", &r.provider)?;
-        m.serialize_entry("model", &r.model)?;
-        m.serialize_entry("status", &r.status)?;
-        m.serialize_entry("exitCode", &r.exit_code)?;
-        m.serialize_entry("answer", &r.answer)?;
-        m.serialize_entry("error", &r.error)?;
-        m.serialize_entry(
-            "conversationId",
-            &r.conversation_id.as_ref().or(r.resume_id.as_ref()),
-        )?;
-        m.serialize_entry("continues", &r.resume_id)?;
-        m.serialize_entry("usage", &Usage(r))?;
-        m.serialize_entry("vmId", &r.vm_id)?;
-        m.serialize_entry("vm", &r.vm_found)?;
-        m.serialize_entry("timeoutSecs", &r.timeout_secs)?;
-        m.serialize_entry("timings", &Timings(r))?;
-        m.serialize_entry("eventCount", &r.event_count)?;
-        m.serialize_entry("eventsUrl", &format_args!("/api/runs/{}/events", r.run_id))?;
-        m.end()
-    }
+/// A run's tokens and cost.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Usage {
+    input_tokens: Option<i64>,
+    output_tokens: Option<i64>,
+    cost_usd: Option<f64>,
+}
+
+/// A run's moments (Unix ms).
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Timings {
+    queued_at: i64,
+    vm_ready_at: Option<i64>,
+    cli_started_at: Option<i64>,
+    first_output_at: Option<i64>,
+    finished_at: Option<i64>,
 }
 
 fn new_run_id() -> String {
